@@ -1,0 +1,312 @@
+"""Code generation: spec -> derivation -> plain-data IR -> Jinja2 template -> source.
+
+:func:`build_ir` returns a :class:`KernelIR` (strings and lists only) and
+:func:`render` turns it into CUDA or C++ text. The argument list of every
+kernel comes from :func:`kernel_args`, which launchers use too, so the CUDA
+launch, the CPU call and the emulated CUDA call pass the same arguments.
+"""
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import jinja2
+import sympy as sp
+
+from . import surrogate as sg
+from .derive import GSPIKE, U, Backward, Hoister, P, Step, derive_backward
+from .printer import KernelPrinter
+from .spec.model import NeuronModel, spike, spike_d
+
+DTYPES = {  # name: (C type of tensors, compute type, load, store)
+    "float32": ("float", "float", "value", "value"),
+    "float64": ("double", "double", "value", "value"),
+    "float16": ("__half", "float", "__half2float(value)", "__float2half_rn(value)"),
+    "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(value)",
+                 "__float2bfloat16_rn(value)"),
+}
+TARGETS = ("cuda", "cpp")
+KINDS = ("forward", "backward")
+PARAM_KINDS = ("scalar", "neuron", "shared")
+CPU_BLOCK = 256
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("neurogen", "templates"),
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Everything besides the model and dtype that changes a kernel's code.
+
+    ``param_kinds`` maps each parameter to ``scalar`` (a by-value argument),
+    ``neuron`` (a pointer indexed per neuron) or ``shared`` (a pointer to one
+    value, e.g. a learnable scalar, read without a host sync).
+    """
+    surrogate: sg.Surrogate = field(default_factory=sg.Sigmoid)
+    detach_reset: bool = False
+    store_v_seq: bool = False
+    save: bool = True
+    learnable: Tuple[str, ...] = ()
+    param_kinds: Tuple[Tuple[str, str], ...] = ()
+    grad_v_seq: bool = False
+
+    def key(self) -> str:
+        return (f"surrogate={self.surrogate.key()};detach={self.detach_reset};"
+                f"vseq={self.store_v_seq};save={self.save};learn={','.join(self.learnable)};"
+                f"params={self.param_kinds};gvseq={self.grad_v_seq}")
+
+    def kind_of(self, param: str) -> str:
+        return dict(self.param_kinds).get(param, "scalar")
+
+
+def make_config(model: NeuronModel, **options) -> KernelConfig:
+    """Build and check a :class:`KernelConfig` for ``model`` from keyword options."""
+    kinds = dict(options.pop("param_kinds", ()) or ())
+    learnable = tuple(options.pop("learnable", ()) or ())
+    for k, kind in kinds.items():
+        if k not in model.param_names:
+            raise ValueError(f"param_kinds names unknown parameter {k!r}; "
+                             f"parameters: {list(model.param_names)}")
+        if kind not in PARAM_KINDS:
+            raise ValueError(f"parameter kind {kind!r} must be one of {PARAM_KINDS}")
+    for k in learnable:
+        if k not in model.param_names:
+            raise ValueError(f"learnable names unknown parameter {k!r}")
+        if kinds.get(k, "scalar") == "scalar":
+            kinds[k] = "shared"  # a learnable value lives in a tensor
+    surrogate = options.pop("surrogate", None) or options.pop("surrogate_function", None)
+    if surrogate is None:
+        surrogate = sg.Sigmoid()
+    if not isinstance(surrogate, sg.Surrogate):
+        raise TypeError(f"surrogate must be a neurogen.surrogate.Surrogate, "
+                        f"got {type(surrogate).__name__}")
+    cfg = KernelConfig(surrogate=surrogate,
+                       param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
+                       learnable=tuple(k for k in model.param_names if k in learnable),
+                       **options)
+    return cfg
+
+
+@functools.lru_cache(maxsize=256)
+def derivation(model: NeuronModel, surrogate: sg.Surrogate, detach_reset: bool,
+               learnable: Tuple[str, ...]) -> Tuple[Step, Backward]:
+    """The step and its derived backward (cached: sympy work is done once per config)."""
+    step = Step(model)
+    return step, derive_backward(step, surrogate.derivative_expr(), detach_reset, learnable)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument: ``role`` is in/out (pointer), scalar, or index."""
+    name: str
+    role: str       # "in", "out", "scalar", "int32", "int64"
+    dtype: str      # "io" (tensor dtype), "compute" (float/double) or "index"
+
+
+def kernel_args(model: NeuronModel, kind: str, cfg: KernelConfig) -> List[Arg]:
+    """The ordered argument list of a kernel (shared by every launcher)."""
+    _, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
+    states = model.state_names
+    params = [Arg(f"p_{k}", "scalar" if cfg.kind_of(k) == "scalar" else "in", "compute")
+              for k in model.param_names]
+    if kind == "forward":
+        args = [Arg("x_seq", "in", "io")] + [Arg(f"init_{s}", "in", "io") for s in states]
+        args += params + [Arg("spike_seq", "out", "io")]
+        args += [Arg("v_seq", "out", "io")] if cfg.store_v_seq else []
+        args += [Arg(f"final_{s}", "out", "io") for s in states]
+        args += [Arg(f"saved_{s}", "out", "io") for s in bw.saved] if cfg.save else []
+    elif kind == "backward":
+        args = [Arg("grad_spike_seq", "in", "io")]
+        args += [Arg("grad_v_seq", "in", "io")] if cfg.grad_v_seq else []
+        args += [Arg(f"grad_final_{s}", "in", "io") for s in states]
+        args += [Arg(f"saved_{s}", "in", "io") for s in bw.saved]
+        args += [Arg("x_seq", "in", "io")] if bw.needs_x else []
+        args += [Arg(f"init_{s}", "in", "io") for s in bw.needs_prev]
+        args += params + [Arg("grad_x_seq", "out", "io")]
+        args += [Arg(f"grad_init_{s}", "out", "io") for s in states]
+        args += [Arg(f"grad_p_{k}", "out", "compute") for k in cfg.learnable]
+    else:
+        raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
+    return args + [Arg("ng_T", "int32", "index"), Arg("ng_N", "int64", "index")]
+
+
+@dataclass
+class KernelIR:
+    """Plain data a template renders: names and printed lines only."""
+    name: str
+    target: str
+    kind: str
+    dtype: str
+    template: str
+    context: Dict[str, object]
+
+
+class _Lines:
+    """Prints assignments in one compute type, with CSE and hoisted invariants."""
+
+    def __init__(self, model: NeuronModel, compute: str):
+        self.printer = KernelPrinter(compute)
+        self.hoister = Hoister([P(k) for k in model.param_names])
+        self._cse_count = 0
+
+    def p(self, expr) -> str:
+        return self.printer.doprint(expr)
+
+    def const(self, sym, expr) -> str:
+        return f"const compute_t {sym} = {self.p(expr)};"
+
+    def block(self, assignments, cse=True) -> List[str]:
+        """``const`` lines for [(symbol, expr)], hoisting invariants and sharing subterms."""
+        syms = [s for s, _ in assignments]
+        exprs = [self.hoister(e) for _, e in assignments]
+        lines = []
+        if cse and exprs:
+            gen = sp.numbered_symbols("ng_c", start=self._cse_count)
+            temps, exprs = sp.cse(exprs, symbols=gen, order="canonical")
+            self._cse_count += len(temps)
+            lines += [self.const(t, e) for t, e in temps]
+        return lines + [self.const(s, e) for s, e in zip(syms, exprs)]
+
+    def spike(self, sym, u) -> str:
+        one, zero = self.p(sp.Integer(1)), self.p(sp.Integer(0))
+        return f"const compute_t {sym} = ({u} >= {zero}) ? {one} : {zero};"
+
+    def constants(self, model, cfg) -> List[str]:
+        """Parameter loads, then the hoisted invariants (printed last, after all use)."""
+        lines = []
+        for k in model.param_names:
+            kind = cfg.kind_of(k)
+            src = {"scalar": f"p_{k}", "neuron": f"p_{k}[ng_i]", "shared": f"p_{k}[0]"}[kind]
+            lines.append(f"const compute_t {k} = {src};")
+        lines += [self.const(s, e) for s, e in self.hoister.order]
+        return lines
+
+
+def _signature(args: List[Arg], target: str) -> List[str]:
+    out = []
+    for a in args:
+        if a.role in ("in", "out"):
+            ctype = "io_t" if a.dtype == "io" else "compute_t"
+            const = "const " if a.role == "in" else ""
+            out.append(f"{const}{ctype}* __restrict__ {a.name}")
+        elif a.role == "scalar":
+            out.append(f"const compute_t {a.name}")
+        elif a.role == "int32":
+            out.append(f"const int {a.name}")
+        else:
+            out.append(f"const ng_int64 {a.name}")
+    return out
+
+
+def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[str]:
+    out = [f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);"]
+    for stage, assignments in step.forward_stages():
+        if stage == "reset":
+            out.append(lines.spike("spike", "ng_u"))
+        out += lines.block(assignments)
+    for s in model.state_names:
+        new = step.new_state(s)
+        if new != P(s):
+            out.append(f"{s} = {new};")
+    out.append("spike_seq[ng_ti] = ng_io(spike);")
+    if cfg.store_v_seq:
+        out.append(f"v_seq[ng_ti] = ng_io({model.v_name});")
+    if cfg.save:
+        out += [f"saved_{s}[ng_ti] = ng_io({step.V[s]});" for s in bw.saved]
+    return out
+
+
+def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
+    states = model.state_names
+    sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
+    before = [f"compute_t ng_g_{s} = ng_ld(grad_final_{s}[ng_i]);" for s in states]
+    before += [f"compute_t ng_sv_{s} = ng_ld(saved_{s}[(ng_int64)(ng_T - 1) * ng_N + ng_i]);"
+               for s in bw.saved]
+    before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
+    body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
+    if bw.needs_prev:
+        body += [f"compute_t {s};" for s in bw.needs_prev]
+        body.append("if (ng_t > 0) {")
+        body += [f"    ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
+        prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
+        if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
+            body += ["    " + ln for ln in lines.block([(sp.Symbol("ng_pu"),
+                                                           step.fire.xreplace(sv))])]
+            body.append("    " + lines.spike("ng_pspike", "ng_pu"))
+            prev = {s: e.xreplace({spike: sp.Symbol("ng_pspike"), spike_d: sp.Symbol("ng_pspike")})
+                    for s, e in prev.items()}
+        tmp = lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
+        body += ["    " + ln for ln in tmp] + [f"    {s} = ng_prev_{s};" for s in prev]
+        body.append("} else {")
+        body += [f"    {s} = ng_ld(init_{s}[ng_i]);" for s in bw.needs_prev]
+        body.append("}")
+    if bw.needs_x:
+        body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
+    body += lines.block([(step.B[s], step.charge[s]) for s in bw.needs_h])
+    if bw.needs_u:
+        body += lines.block([(U, step.fire)])
+        body.append(lines.spike("spike", "ng_u"))
+    if cfg.grad_v_seq:
+        body.append(f"ng_g_{model.v_name} += ng_ld(grad_v_seq[ng_ti]);")
+    body.append(f"const compute_t {GSPIKE} = ng_ld(grad_spike_seq[ng_ti]);")
+    names = list(bw.outputs)
+    body += lines.block([(sp.Symbol(n), bw.outputs[n]) for n in names])
+    body.append("grad_x_seq[ng_ti] = ng_io(ng_gx);")
+    body += [f"ng_acc_{k} += ng_gp_{k};" for k in bw.learnable]
+    body += [f"ng_g_{s} = ng_gP_{s};" for s in states]
+    after = [f"grad_init_{s}[ng_i] = ng_io(ng_g_{s});" for s in states]
+    after += [f"grad_p_{k}[ng_i] = ng_acc_{k};" for k in bw.learnable]
+    carried = ([f"ng_g_{s}" for s in states] + [f"ng_sv_{s}" for s in bw.saved]
+               + [f"ng_acc_{k}" for k in bw.learnable])
+    return before, body, after, carried
+
+
+def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: KernelConfig) -> KernelIR:
+    """Derive and print everything a template needs for one kernel."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}")
+    if target == "cpp" and dtype not in ("float32", "float64"):
+        raise ValueError(f"the C++ CPU kernels support float32 and float64, not {dtype}")
+    io_t, compute_t, load, store = DTYPES[dtype]
+    step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
+    lines = _Lines(model, compute_t)
+    config_hash = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]
+    name = f"ng_{model.name}_{kind}_{dtype}_{config_hash}"
+    ctx = dict(model=model.name, spec_hash=model.spec_hash, config_hash=config_hash,
+               target=target, io_t=io_t, compute_t=compute_t, load_io=load, store_io=store,
+               name=name, signature=_signature(kernel_args(model, kind, cfg), target),
+               states=list(model.state_names), block=CPU_BLOCK)
+    if kind == "forward":
+        ctx["step"] = _forward_step(model, step, bw, cfg, lines)
+    elif kind == "backward":
+        ctx["before_loop"], ctx["step"], ctx["after_loop"], carried = _backward_parts(
+            model, step, bw, cfg, lines)
+    else:
+        raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
+    ctx["constants"] = lines.constants(model, cfg)
+    constant_names = list(model.param_names) + [str(s) for s, _ in lines.hoister.order]
+    ctx["constant_names"] = constant_names
+    if kind == "forward":
+        ctx["carried"] = list(model.state_names) + constant_names
+    else:
+        ctx["carried"] = constant_names + carried
+    ext = "cu" if target == "cuda" else "cpp"
+    template = f"{target}_{kind}.{ext}.j2"
+    ctx["template"] = template
+    return KernelIR(name=name, target=target, kind=kind, dtype=dtype, template=template,
+                    context=ctx)
+
+
+def render_ir(ir: KernelIR) -> str:
+    return _env.get_template(ir.template).render(**ir.context)
+
+
+def render(model: NeuronModel, target: str, kind: str = "forward", dtype: str = "float32",
+           **options) -> str:
+    """The source text of one kernel. ``options`` are :class:`KernelConfig` fields."""
+    cfg = make_config(model, **options)
+    return render_ir(build_ir(model, target, kind, dtype, cfg))

@@ -1,0 +1,232 @@
+"""The step algebra: one time step as staged sympy assignments, its backward
+derived by ``sympy.diff`` (reverse mode over the stages), and the minimal set
+of per-step values the backward must save.
+
+Symbols used in the kernels (all model names are printed as they are; every
+name neurogen adds starts with ``ng_``):
+
+- ``v``: a state before the step (after the previous reset),
+- ``ng_h_v``: its charged value, ``ng_a_v``: its adapted value,
+- ``ng_u``: the fire expression, ``spike``: ``ng_u >= 0``,
+- ``ng_g_v``: gradient of the loss w.r.t. ``v`` after this step's reset.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import sympy as sp
+
+from .spec.model import NeuronModel, spike, spike_d
+
+U = sp.Symbol("ng_u")
+GSPIKE = sp.Symbol("ng_gspike")
+
+
+def P(s):
+    return sp.Symbol(s)
+
+
+def H(s):
+    return sp.Symbol(f"ng_h_{s}")
+
+
+def A(s):
+    return sp.Symbol(f"ng_a_{s}")
+
+
+def G(s):
+    return sp.Symbol(f"ng_g_{s}")
+
+
+def GP(k):
+    return sp.Symbol(f"ng_gp_{k}")
+
+
+class Step:
+    """One forward step of ``model`` as staged expressions.
+
+    ``B[s]`` is the value adaptation reads (charged value, or previous value
+    if ``s`` has no charge); ``V[s]`` the value fire and reset read.
+    """
+
+    def __init__(self, model: NeuronModel):
+        self.model = model
+        self.states = model.state_names
+        self.params = [P(k) for k in model.param_names]
+        self.x = P(model.input_name)
+        self.B = {s: H(s) if s in model.charge else P(s) for s in self.states}
+        self.V = {s: A(s) if s in model.adaptation else self.B[s] for s in self.states}
+        to_B = {P(s): self.B[s] for s in self.states}
+        to_V = {P(s): self.V[s] for s in self.states}
+        self.charge = {s: e for s, e in model.charge.items()}
+        self.adapt = {s: e.xreplace(to_B) for s, e in model.adaptation.items()}
+        self.fire = model.fire.xreplace(to_V)
+        self.reset = {s: e.xreplace(to_V) for s, e in model.reset.items()}
+
+    def forward_stages(self) -> List[Tuple[str, List[Tuple[sp.Symbol, sp.Expr]]]]:
+        """[(stage, [(symbol, expression)])]: charge, adaptation, fire, reset."""
+        return [
+            ("charge", [(H(s), e) for s, e in self.charge.items()]),
+            ("adaptation", [(A(s), e) for s, e in self.adapt.items()]),
+            ("fire", [(U, self.fire)]),
+            ("reset", [(sp.Symbol(f"ng_r_{s}"), e.xreplace({spike_d: spike}))
+                       for s, e in self.reset.items()]),
+        ]
+
+    def new_state(self, s):
+        """The expression (a symbol) holding state ``s`` after the step."""
+        return sp.Symbol(f"ng_r_{s}") if s in self.reset else self.V[s]
+
+
+@dataclass
+class Backward:
+    """The derived backward of one step.
+
+    ``stages``: readable staged assignments (for display). ``outputs``: the
+    composed expressions of ``ng_gP_<s>`` (gradient w.r.t. the previous state),
+    ``ng_gx`` and ``ng_gp_<k>`` (this step's contribution to parameter ``k``).
+    ``saved``: the states whose post-adaptation value ``V`` is stored per step.
+    """
+    stages: List[Tuple[sp.Symbol, sp.Expr]]
+    outputs: Dict[str, sp.Expr]
+    saved: Tuple[str, ...]
+    needs_x: bool
+    needs_prev: Tuple[str, ...]      # previous states needed (recomputed from saved[t-1])
+    needs_h: Tuple[str, ...]         # adapted states whose charged value is recomputed
+    needs_u: bool
+    learnable: Tuple[str, ...] = field(default=())
+
+
+def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: bool,
+                    learnable=()) -> Backward:
+    """Reverse-mode differentiation of one step, stage by stage."""
+    states, V, B = step.states, step.V, step.B
+    params = [P(k) for k in learnable]
+    stages: List[Tuple[sp.Symbol, sp.Expr]] = []
+    gp = {k: sp.Integer(0) for k in params}
+
+    def emit(name, expr):
+        sym = sp.Symbol(name)
+        stages.append((sym, expr))
+        return sym
+
+    # reset: R_s = reset_s(V, spike, spike_d)
+    gV = {q: sp.Integer(0) for q in states}
+    gsp = GSPIKE
+    for s in states:
+        if s in step.reset:
+            r = step.reset[s]
+            for q in states:
+                gV[q] += G(s) * sp.diff(r, V[q])
+            dsp = sp.diff(r, spike) + (0 if detach_reset else sp.diff(r, spike_d))
+            gsp += G(s) * dsp
+            for k in params:
+                gp[k] += G(s) * sp.diff(r, k)
+        else:
+            gV[s] += G(s)
+    gsp_sym = emit("ng_gsp", gsp)
+    gu = emit("ng_gu", gsp_sym * surrogate_derivative.xreplace({sp.Symbol("u"): U}))
+    # fire: u = fire(V)
+    for q in states:
+        gV[q] += gu * sp.diff(step.fire, V[q])
+    for k in params:
+        gp[k] += gu * sp.diff(step.fire, k)
+    gV = {q: emit(f"ng_gV_{q}", e) for q, e in gV.items()}
+    # adaptation: A_s = adapt_s(B)
+    gB = {q: (gV[q] if q not in step.adapt else sp.Integer(0)) for q in states}
+    for s, a in step.adapt.items():
+        for q in states:
+            gB[q] += gV[s] * sp.diff(a, B[q])
+        for k in params:
+            gp[k] += gV[s] * sp.diff(a, k)
+    gB = {q: emit(f"ng_gB_{q}", e) for q, e in gB.items()}
+    # charge: H_s = charge_s(P, x)
+    gP = {q: (gB[q] if q not in step.charge else sp.Integer(0)) for q in states}
+    gx = sp.Integer(0)
+    for s, c in step.charge.items():
+        for q in states:
+            gP[q] += gB[s] * sp.diff(c, P(q))
+        gx += gB[s] * sp.diff(c, step.x)
+        for k in params:
+            gp[k] += gB[s] * sp.diff(c, k)
+    out_syms = {f"ng_gP_{q}": emit(f"ng_gP_{q}", e) for q, e in gP.items()}
+    out_syms["ng_gx"] = emit("ng_gx", gx)
+    for k in params:
+        out_syms[f"ng_gp_{k.name}"] = emit(f"ng_gp_{k.name}", gp[k])
+
+    # spike_d has the value of spike; after differentiation they are the same symbol.
+    stages = [(sym, e.xreplace({spike_d: spike})) for sym, e in stages]
+    composed = {}
+    for sym, e in stages:
+        composed[sym] = e.xreplace(composed)
+    outputs = {name: composed[sym] for name, sym in out_syms.items()}
+    return _with_needs(step, stages, outputs, tuple(k.name for k in params))
+
+
+def _with_needs(step: Step, stages, outputs, learnable) -> Backward:
+    """Decide which per-step values the backward must save or recompute."""
+    used = set().union(*(e.free_symbols for e in outputs.values()))
+    states = step.states
+    unchanged = {s for s in states if s not in step.charge and s not in step.adapt}
+    saved, prev, need_h = set(), set(), set()
+    needs_x = step.x in used
+    needs_u = U in used or spike in used
+    fire_states = {q for q in states if step.V[q] in step.fire.free_symbols}
+    if needs_u:
+        saved |= fire_states
+    for s in states:
+        if s in step.adapt and H(s) in used:
+            need_h.add(s)
+        if step.V[s] in used and s not in unchanged:
+            saved.add(s)
+        if P(s) in used:
+            (saved if s in unchanged else prev).add(s)
+    # Recomputing a charged value needs the previous states and input it reads.
+    for s in need_h:
+        for q in states:
+            if P(q) in step.charge[s].free_symbols:
+                (saved if q in unchanged else prev).add(q)
+        needs_x = needs_x or step.x in step.charge[s].free_symbols
+    # A previous state is the previous step's reset, read from the previous saved values.
+    for s in prev:
+        expr = step.reset.get(s, step.V[s])
+        saved |= {q for q in states if step.V[q] in expr.free_symbols}
+        if spike in expr.free_symbols or spike_d in expr.free_symbols:
+            saved |= fire_states
+    order = lambda names: tuple(s for s in states if s in names)  # noqa: E731
+    return Backward(stages=stages, outputs=outputs, saved=order(saved), needs_x=needs_x,
+                    needs_prev=order(prev), needs_h=order(need_h), needs_u=needs_u,
+                    learnable=learnable)
+
+
+class Hoister:
+    """Replaces loop-invariant subexpressions (of parameters only) by ``ng_k<n>`` symbols."""
+
+    def __init__(self, invariant, prefix="ng_k"):
+        self.invariant = set(invariant)
+        self.prefix = prefix
+        self.defs: Dict[sp.Expr, sp.Symbol] = {}
+        self.order: List[Tuple[sp.Symbol, sp.Expr]] = []
+
+    def _name(self, expr):
+        if expr not in self.defs:
+            sym = sp.Symbol(f"{self.prefix}{len(self.order)}")
+            self.defs[expr] = sym
+            self.order.append((sym, expr))
+        return self.defs[expr]
+
+    def _is_inv(self, expr):
+        return expr.free_symbols <= self.invariant
+
+    def __call__(self, expr):
+        if expr.is_Atom:
+            return expr
+        if self._is_inv(expr):
+            return expr if expr.is_Number else self._name(expr)
+        if isinstance(expr, (sp.Add, sp.Mul)):
+            inv = [a for a in expr.args if self._is_inv(a)]
+            var = [self(a) for a in expr.args if not self._is_inv(a)]
+            inv_non_num = [a for a in inv if not a.is_Number]
+            if len(inv_non_num) >= 1 and not (len(inv) == 1 and inv[0].is_Atom):
+                return expr.func(self._name(expr.func(*inv)), *var, evaluate=False)
+            return expr.func(*inv, *var, evaluate=False)
+        return expr.func(*[self(a) for a in expr.args])

@@ -1,0 +1,29 @@
+"""Typed errors raised by neurogen. Each names what is wrong and how to fix it."""
+
+
+class SpecError(ValueError):
+    """A neuron model declaration is invalid (names the equation at fault)."""
+
+
+class CompileError(RuntimeError):
+    """A generated kernel failed to compile.
+
+    ``source`` holds the numbered source text and ``log`` the compiler output.
+    """
+
+    def __init__(self, message: str, source: str = "", log: str = ""):
+        self.source = source
+        self.log = log
+        numbered = "\n".join(
+            f"{i + 1:5d}  {line}" for i, line in enumerate(source.splitlines()))
+        full = message
+        if log:
+            full += "\n--- compiler log ---\n" + log.strip()
+        if source:
+            full += "\n--- source ---\n" + numbered
+        super().__init__(full)
+        self.numbered_source = numbered
+
+
+class BackendUnavailableError(RuntimeError):
+    """A requested backend cannot run here (missing package, compiler or GPU)."""

@@ -1,0 +1,285 @@
+"""`NeuronModule`: the torch module that runs a `NeuronModel` (SpikingJelly-style)."""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import reference, runtime
+from . import surrogate as sg
+from .codegen import make_config
+from .errors import BackendUnavailableError
+from .function import TORCH_DTYPES, MultiStep, Plan
+from .spec.model import NeuronModel
+
+BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch")
+
+
+class NeuronModule(nn.Module):
+    """Runs ``model`` on ``[*shape]`` (``step_mode='s'``) or ``[T, *shape]`` (``'m'``) input.
+
+    Keyword arguments named like the model's parameters override them: a float
+    (fixed), a tensor broadcastable to the neuron shape (per-neuron, fixed) or
+    an ``nn.Parameter`` (learnable). States are attributes (``node.v``) and
+    persist across calls until :meth:`reset`.
+
+    >>> import neurogen as ng, torch
+    >>> lif = ng.NeuronModel("lif", states={"v": 0.0}, params={"tau": 2.0},
+    ...                      charge={"v": "v + (x - v) / tau"}, fire="v - 1",
+    ...                      reset={"v": "(1 - spike_d) * v"})
+    >>> node = lif.module(step_mode="m", backend="torch")
+    >>> node(torch.full((3, 2), 1.5)).tolist()
+    [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    """
+
+    def __init__(self, model: NeuronModel, surrogate_function: Optional[sg.Surrogate] = None,
+                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
+                 store_v_seq: bool = False, **params):
+        super().__init__()
+        if not isinstance(model, NeuronModel):
+            raise TypeError(f"model must be a NeuronModel, got {type(model).__name__}")
+        self.__dict__["_memories"] = {}
+        self.model = model
+        self.surrogate_function = surrogate_function if surrogate_function is not None else sg.Sigmoid()
+        if not isinstance(self.surrogate_function, sg.Surrogate):
+            raise TypeError("surrogate_function must be a neurogen.surrogate.Surrogate such as "
+                            f"ng.surrogate.Sigmoid(), got {type(self.surrogate_function).__name__}")
+        self.detach_reset = bool(detach_reset)
+        self.step_mode = step_mode
+        self.backend = backend
+        self.store_v_seq = bool(store_v_seq)
+        unknown = set(params) - set(model.param_names)
+        if unknown:
+            raise TypeError(f"{model.name} has no parameter(s) {sorted(unknown)}; "
+                            f"its parameters are {list(model.param_names)}")
+        for k in model.param_names:
+            if hasattr(nn.Module, k) or k in ("model", "backend", "step_mode", "v_seq"):
+                raise ValueError(f"parameter name {k!r} clashes with a module attribute; "
+                                 "rename it in the model")
+            self.set_param(k, params.get(k, model.defaults[k]))
+        self.reset()
+
+    # ---- configuration ---------------------------------------------------------------
+    @property
+    def step_mode(self):
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, mode):
+        if mode not in ("s", "m"):
+            raise ValueError(f"step_mode must be 's' (single step) or 'm' (multi step), not {mode!r}")
+        self.__dict__["_step_mode"] = mode
+
+    @property
+    def backend(self):
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {name!r}")
+        self.__dict__["_backend"] = "cuda" if name == "cupy" else name
+
+    def set_param(self, name: str, value):
+        """Set parameter ``name`` to a float, a tensor, or an ``nn.Parameter``."""
+        if name not in self.model.param_names:
+            raise KeyError(f"{self.model.name} has no parameter {name!r}")
+        for store in (self._parameters, self._buffers, self.__dict__):
+            store.pop(name, None)
+        if isinstance(value, nn.Parameter):
+            self.register_parameter(name, value)
+        elif isinstance(value, torch.Tensor):
+            if value.is_complex() or not value.is_floating_point():
+                raise TypeError(f"parameter {name!r} must be a floating tensor, got {value.dtype}")
+            self.register_buffer(name, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"parameter {name!r} must be finite, got {value}")
+            self.__dict__[name] = float(value)
+        else:
+            raise TypeError(f"parameter {name!r} must be a float, a tensor or an nn.Parameter, "
+                            f"got {type(value).__name__}")
+
+    def param_values(self):
+        return {k: getattr(self, k) for k in self.model.param_names}
+
+    # ---- states ---------------------------------------------------------------------
+    def __getattr__(self, name):
+        memories = self.__dict__.get("_memories", {})
+        if name in memories:
+            return memories[name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_memories", {}):
+            self._memories[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def reset(self):
+        """Return every state to its initial value and forget ``v_seq``."""
+        for s in self.model.state_names:
+            self._memories[s] = None
+        self._memories["v_seq"] = None
+        self.__dict__["_v_list"] = []
+
+    def _initial_states(self, like: torch.Tensor, shape):
+        params = {k: (v.to(like.dtype) if isinstance(v, torch.Tensor) else v)
+                  for k, v in self.param_values().items()}
+        out = {}
+        for s in self.model.state_names:
+            value = reference.evaluate(self.model.initial[s], params, like)
+            out[s] = torch.zeros(shape, dtype=like.dtype, device=like.device) + value
+        return out
+
+    def _states_for(self, x_seq):
+        shape = x_seq.shape[1:]
+        current = {s: self._memories[s] for s in self.model.state_names}
+        if any(v is None for v in current.values()):
+            init = self._initial_states(x_seq, shape)
+            current = {s: (init[s] if v is None else v) for s, v in current.items()}
+        for s, v in current.items():
+            if not isinstance(v, torch.Tensor):
+                current[s] = torch.full(shape, float(v), dtype=x_seq.dtype, device=x_seq.device)
+            elif v.shape != shape:
+                raise ValueError(f"state {s!r} has shape {tuple(v.shape)} but the input's neuron "
+                                 f"shape is {tuple(shape)}; call reset() before changing the "
+                                 "batch or neuron shape")
+            elif v.device != x_seq.device:
+                raise ValueError(f"state {s!r} is on {v.device} but the input is on "
+                                 f"{x_seq.device}; call reset() or move the module")
+            else:
+                current[s] = v.to(x_seq.dtype)
+        return current
+
+    # ---- running --------------------------------------------------------------------
+    def forward(self, x: torch.Tensor):
+        if self.step_mode == "s":
+            return self.single_step_forward(x)
+        return self.multi_step_forward(x)
+
+    def single_step_forward(self, x: torch.Tensor):
+        _check_input(x, min_dim=0)
+        spike = self.multi_step_forward(x.unsqueeze(0), _single=True)
+        return spike[0]
+
+    def multi_step_forward(self, x_seq: torch.Tensor, _single: bool = False):
+        _check_input(x_seq, min_dim=1)
+        states = self._states_for(x_seq)
+        if x_seq.shape[0] == 0:
+            raise ValueError("x_seq has T = 0 time steps; give at least one step")
+        backend = self._resolve_backend(x_seq)
+        if backend == "torch":
+            spike_seq, v_seq, finals = self._run_reference(x_seq, states)
+        else:
+            spike_seq, v_seq, finals = self._run_kernels(backend, x_seq, states)
+        for s in self.model.state_names:
+            self._memories[s] = finals[s]
+        if self.store_v_seq:
+            if _single:
+                self._v_list.append(v_seq[0])
+                self._memories["v_seq"] = torch.stack(self._v_list)
+            else:
+                self._memories["v_seq"] = v_seq
+        return spike_seq
+
+    def _resolve_backend(self, x):
+        name = self.backend
+        if name == "auto":
+            if x.is_cuda:
+                try:
+                    runtime._cupy()
+                    return "cuda"
+                except BackendUnavailableError as exc:
+                    runtime.warn_once(f"neurogen: falling back to the torch backend: {exc}")
+                    return "torch"
+            if x.dtype not in (torch.float32, torch.float64):
+                runtime.warn_once(f"neurogen: the CPU kernels run float32/float64, not {x.dtype}; "
+                                  "using the (slower) torch backend")
+                return "torch"
+            try:
+                runtime.cxx()
+                return "cpu"
+            except BackendUnavailableError as exc:
+                runtime.warn_once(f"neurogen: falling back to the torch backend: {exc}")
+                return "torch"
+        if name == "cpu":
+            if x.device.type != "cpu":
+                raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
+            if x.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"backend='cpu' runs float32 or float64, not {x.dtype}; "
+                                "convert the input or use backend='torch'")
+        if name == "cuda" and not x.is_cuda:
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {x.device}")
+        return name
+
+    def _run_reference(self, x_seq, states):
+        params = {k: (v.to(x_seq.dtype) if isinstance(v, torch.Tensor) else v)
+                  for k, v in self.param_values().items()}
+        return reference.multi_step(self.model, x_seq, states, params, self.surrogate_function,
+                                    self.detach_reset)
+
+    def _run_kernels(self, backend, x_seq, states):
+        model = self.model
+        T, shape = x_seq.shape[0], x_seq.shape[1:]
+        N = math.prod(shape)
+        dtype = TORCH_DTYPES[x_seq.dtype]
+        compute = torch.float64 if dtype == "float64" else torch.float32
+        scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
+        for k, value in self.param_values().items():
+            if not isinstance(value, torch.Tensor):
+                scalars.append((k, value))
+                continue
+            if value.device != x_seq.device:
+                raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
+                                 f"{x_seq.device}; move the module with .to(device)")
+            try:
+                torch.broadcast_shapes(value.shape, shape)
+            except RuntimeError:
+                raise ValueError(f"parameter {k!r} has shape {tuple(value.shape)}, which does not "
+                                 f"broadcast to the neuron shape {tuple(shape)}") from None
+            if len(torch.broadcast_shapes(value.shape, shape)) > len(shape):
+                raise ValueError(f"parameter {k!r} has more dimensions than the neuron shape "
+                                 f"{tuple(shape)}")
+            value = value.to(compute)
+            if value.numel() == 1:
+                kinds[k] = "shared"
+                tensors.append(value.reshape(1))
+            else:
+                kinds[k] = "neuron"
+                tensors.append(value.expand(shape).reshape(N).contiguous())
+            tensor_params.append(k)
+            if value.requires_grad:
+                learnable.append(k)
+        needs_grad = torch.is_grad_enabled() and (
+            x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
+        cfg = make_config(model, surrogate=self.surrogate_function, detach_reset=self.detach_reset,
+                          store_v_seq=self.store_v_seq, save=needs_grad,
+                          learnable=tuple(learnable) if needs_grad else (),
+                          param_kinds=tuple(kinds.items()))
+        plan = Plan(model=model, backend=backend, dtype=dtype, cfg=cfg, scalars=tuple(scalars),
+                    tensor_params=tuple(tensor_params))
+        inits = [states[s].reshape(N).contiguous() for s in model.state_names]
+        out = MultiStep.apply(plan, x_seq.reshape(T, N).contiguous(), *inits, *tensors)
+        spike_seq, v_seq, finals = out[0], out[1], out[2:]
+        finals = {s: f.view(shape) for s, f in zip(model.state_names, finals)}
+        v_seq = v_seq.view(x_seq.shape) if self.store_v_seq else None
+        return spike_seq.view(x_seq.shape), v_seq, finals
+
+    def extra_repr(self):
+        parts = [f"{k}={v if not isinstance(v, torch.Tensor) else tuple(v.shape)}"
+                 for k, v in self.param_values().items()]
+        parts += [f"detach_reset={self.detach_reset}", f"step_mode={self.step_mode}",
+                  f"backend={self.backend}", f"store_v_seq={self.store_v_seq}",
+                  f"surrogate_function={self.surrogate_function!r}"]
+        return ", ".join(parts)
+
+
+def _check_input(x, min_dim):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex() or not x.is_floating_point():
+        raise TypeError(f"input must be a floating tensor (float32/float64/float16/bfloat16), "
+                        f"got {x.dtype}; convert it with .float()")
+    if x.dim() < min_dim:
+        raise ValueError(f"multi-step input must be [T, *shape], got shape {tuple(x.shape)}")

@@ -1,0 +1,92 @@
+"""C printer for kernel arithmetic: float kernels get float literals and float
+math (``expf``, ``1.0F``), so nothing is silently promoted to double."""
+import sympy as sp
+from sympy.codegen.ast import float32, float64, real
+from sympy.printing.c import C99CodePrinter
+
+from .spec.functions import sigmoid
+
+
+class KernelPrinter(C99CodePrinter):
+    """Prints sympy expressions as C/CUDA arithmetic in one compute type."""
+
+    def __init__(self, compute: str = "float"):
+        if compute not in ("float", "double"):
+            raise ValueError(f"compute type must be 'float' or 'double', not {compute!r}")
+        self.compute = compute
+        alias = float32 if compute == "float" else float64
+        super().__init__({"type_aliases": {real: alias}, "strict": True})
+
+    def literal(self, value) -> str:
+        text = repr(float(value))
+        if "e" not in text and "." not in text and "inf" not in text and "nan" not in text:
+            text += ".0"
+        return text + ("F" if self.compute == "float" else "")
+
+    def _print_Integer(self, expr):
+        return self.literal(int(expr))
+
+    def _print_Zero(self, expr):
+        return self.literal(0)
+
+    def _print_One(self, expr):
+        return self.literal(1)
+
+    def _print_NegativeOne(self, expr):
+        return self.literal(-1)
+
+    def _print_Rational(self, expr):
+        return f"({self.literal(expr.p)}/{self.literal(expr.q)})"
+
+    def _print_Half(self, expr):
+        return self.literal(0.5)
+
+    def _print_Float(self, expr):
+        return self.literal(float(expr))
+
+    def _print_NumberSymbol(self, expr):
+        return self.literal(float(expr.evalf(20)))
+
+    _print_Pi = _print_NumberSymbol
+    _print_Exp1 = _print_NumberSymbol
+
+    def _print_Pow(self, expr):
+        base, e = expr.args
+        b = self.parenthesize(base, 1000) if not base.is_Atom else self._print(base)
+        if e.is_Integer and 1 <= abs(int(e)) <= 4:
+            prod = "*".join([b] * abs(int(e)))
+            prod = f"({prod})" if abs(int(e)) > 1 else prod
+            return prod if e > 0 else f"({self.literal(1)}/{prod})"
+        if e == sp.Rational(1, 2):
+            return f"{self._ns}sqrt{self._suffix()}({self._print(base)})"
+        if e == -sp.Rational(1, 2):
+            return f"({self.literal(1)}/{self._ns}sqrt{self._suffix()}({self._print(base)}))"
+        return f"{self._ns}pow{self._suffix()}({self._print(base)}, {self._print(e)})"
+
+    def _suffix(self):
+        return "f" if self.compute == "float" else ""
+
+    def _print_sigmoid(self, expr):
+        return f"ng_sigmoid({self._print(expr.args[0])})"
+
+    def _print_Piecewise(self, expr):
+        if expr.args[-1].cond != True:  # noqa: E712 (sympy true)
+            raise ValueError("Piecewise needs a final (expr, True) branch")
+        out = self._print(expr.args[-1].expr)
+        for branch_expr, cond in reversed(expr.args[:-1]):
+            out = f"(({self._print(cond)}) ? ({self._print(branch_expr)}) : ({out}))"
+        return out
+
+    def _print_Relational(self, expr):
+        return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"
+
+    def _print_Symbol(self, expr):
+        return expr.name
+
+
+def print_expr(expr, compute: str = "float") -> str:
+    """Print one expression in the given compute type (``float``/``double``)."""
+    return KernelPrinter(compute).doprint(expr)
+
+
+__all__ = ["KernelPrinter", "print_expr", "sigmoid"]

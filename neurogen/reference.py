@@ -1,0 +1,122 @@
+"""The plain-PyTorch reference: the model's equations evaluated with torch
+operations, stepped in a Python loop, differentiated by autograd. It shares
+no code with the kernel generator's derivation, so tests use it as the
+independent oracle."""
+
+import sympy as sp
+import torch
+
+from .spec.functions import sigmoid
+
+_UNARY = {sp.exp: torch.exp, sp.log: torch.log, sp.tanh: torch.tanh, sp.sin: torch.sin,
+          sp.cos: torch.cos, sp.atan: torch.atan, sigmoid: torch.sigmoid, sp.Abs: torch.abs}
+
+
+def evaluate(expr, env, like: torch.Tensor):
+    """Evaluate a sympy expression with torch ops; ``env`` maps names to tensors/floats."""
+    if expr.is_Symbol:
+        return env[expr.name]
+    if expr.is_Number or expr.is_NumberSymbol:
+        return float(expr)
+    args = [evaluate(a, env, like) for a in expr.args]
+    if isinstance(expr, sp.Add):
+        out = args[0]
+        for a in args[1:]:
+            out = out + a
+        return out
+    if isinstance(expr, sp.Mul):
+        out = args[0]
+        for a in args[1:]:
+            out = out * a
+        return out
+    if isinstance(expr, sp.Pow):
+        base, e = args
+        if isinstance(base, float) and isinstance(e, float):
+            return base ** e
+        if isinstance(e, float) and e == -1:
+            return 1.0 / base
+        return base ** e
+    func = type(expr)
+    if func in _UNARY:
+        a = args[0]
+        if not isinstance(a, torch.Tensor):
+            a = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+        return _UNARY[func](a)
+    if isinstance(expr, (sp.Max, sp.Min)):
+        op = torch.maximum if isinstance(expr, sp.Max) else torch.minimum
+        tensors = [a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=like.dtype, device=like.device)
+                   for a in args]
+        out = tensors[0]
+        for a in tensors[1:]:
+            out = op(out, a)
+        return out
+    if isinstance(expr, sp.Piecewise):
+        out = evaluate(expr.args[-1].expr, env, like)
+        for branch, cond in reversed(expr.args[:-1]):
+            out = torch.where(evaluate(cond, env, like), _t(evaluate(branch, env, like), like),
+                              _t(out, like))
+        return out
+    if expr.is_Relational:
+        lhs, rhs = args
+        return {"<": lhs < rhs, "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs}[expr.rel_op]
+    raise TypeError(f"the reference backend cannot evaluate {func.__name__}")
+
+
+def _t(value, like):
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.full_like(like, value)
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside forward (``u >= 0``), surrogate derivative backward."""
+
+    @staticmethod
+    def forward(ctx, u, surrogate):
+        ctx.save_for_backward(u)
+        ctx.surrogate = surrogate
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        d = evaluate(ctx.surrogate.derivative_expr(), {"u": u}, u)
+        return grad * _t(d, u), None
+
+
+def spike_fn(u, surrogate):
+    return SpikeFunction.apply(u, surrogate)
+
+
+def multi_step(model, x_seq, states, params, surrogate, detach_reset=False):
+    """Run ``model`` over ``x_seq`` [T, ...] from ``states`` (name -> tensor).
+
+    ``params`` maps each parameter name to a float or tensor. Returns
+    ``(spike_seq, v_seq, final_states)``; differentiable by autograd.
+    """
+    env = dict(params)
+    spikes, v_seq = [], []
+    cur = dict(states)
+    for t in range(x_seq.shape[0]):
+        x = x_seq[t]
+        env_p = {**env, **cur, model.input_name: x}
+        B = {s: evaluate(e, env_p, x) for s, e in model.charge.items()}
+        B = {s: B.get(s, cur[s]) for s in model.state_names}
+        env_b = {**env, **B}
+        V = {s: evaluate(e, env_b, x) for s, e in model.adaptation.items()}
+        V = {s: _t(V.get(s, B[s]), x) for s in model.state_names}
+        env_v = {**env, **V}
+        spike = spike_fn(_t(evaluate(model.fire, env_v, x), x), surrogate)
+        env_v["spike"] = spike
+        env_v["spike_d"] = spike.detach() if detach_reset else spike
+        R = {s: _t(evaluate(e, env_v, x), x) for s, e in model.reset.items()}
+        cur = {s: R.get(s, V[s]) for s in model.state_names}
+        spikes.append(spike)
+        v_seq.append(cur[model.v_name])
+    if not spikes:
+        empty = x_seq.new_empty(x_seq.shape)
+        return empty, empty.clone(), cur
+    return torch.stack(spikes), torch.stack(v_seq), cur
+
+
+__all__ = ["evaluate", "spike_fn", "multi_step", "SpikeFunction"]

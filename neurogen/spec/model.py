@@ -1,0 +1,272 @@
+"""`NeuronModel`: a neuron declared as sympy equations, validated on creation."""
+import difflib
+import hashlib
+import math
+import re
+from typing import Mapping, Optional
+
+import sympy as sp
+
+from ..errors import SpecError
+from .functions import FUNCTIONS, NON_DIFFERENTIABLE
+from .parse import parse_expr
+
+spike = sp.Symbol("spike")
+"""The spike of this step in a reset equation; always carries the surrogate gradient."""
+spike_d = sp.Symbol("spike_d")
+"""The spike in a reset equation, treated as a constant when ``detach_reset=True``."""
+
+GROUPS = ("charge", "adaptation", "fire", "reset")
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_C_WORDS = set("""
+auto break case char const continue default do double else enum extern float for goto if
+inline int long register restrict return short signed sizeof static struct switch typedef
+union unsigned void volatile while bool true false class namespace new delete this template
+typename using virtual public private protected operator friend catch try throw asm
+half float2 float4 int2 int4 dim3 threadIdx blockIdx blockDim gridDim warpSize min max
+exp log sqrt tanh sin cos atan pow fabs
+""".split())
+_RESERVED = {"spike", "spike_d", "pi", "E"} | set(FUNCTIONS)
+_ALLOWED_FUNCS = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.atan) + (FUNCTIONS["sigmoid"],)
+
+
+def _check_name(name: str, role: str) -> str:
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise SpecError(f"{role} name {name!r} must be an identifier such as 'v' or 'tau_w' "
+                        "(letters, digits and '_', starting with a letter)")
+    if name in _C_WORDS or name in _RESERVED or name.startswith("ng_") or "__" in name:
+        raise SpecError(f"{role} name {name!r} is reserved (a C/CUDA word, a neurogen name, "
+                        f"or has the 'ng_' prefix or '__'); rename it, e.g. {name}_0")
+    return name
+
+
+def _key_name(key, role):
+    if isinstance(key, sp.Symbol):
+        return key.name
+    if isinstance(key, str):
+        return key.strip()
+    raise SpecError(f"{role}: keys must be sympy Symbols or strings, got {type(key).__name__}")
+
+
+def _to_expr(value, where) -> sp.Expr:
+    if isinstance(value, str):
+        expr = parse_expr(value, where)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        expr = sp.Float(value) if isinstance(value, float) else sp.Integer(value)
+    elif isinstance(value, sp.Basic):
+        expr = value
+    else:
+        raise SpecError(f"{where}: expected a sympy expression, a string or a number, "
+                        f"got {type(value).__name__}")
+    if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
+        raise SpecError(f"{where}: {expr} is a condition, not a value")
+    # Plain symbols, matched by name: the user's assumptions (real=True...) do not matter.
+    return expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
+
+
+class NeuronModel:
+    """A spiking neuron declared by its step equations.
+
+    One step from previous states ``S`` and input ``x``: *charge* (from ``S``),
+    *adaptation* (from the charged values), *fire* (``spike = fire >= 0``) and
+    *reset* (may use ``spike`` and ``spike_d``). The first state fires and is
+    stored in ``v_seq``. See ``docs/semantics.md``.
+
+    >>> lif = NeuronModel("lif", states={"v": 0.0}, params={"tau": 2.0, "v_threshold": 1.0},
+    ...                   charge={"v": "v + (x - v) / tau"}, fire="v - v_threshold",
+    ...                   reset={"v": "(1 - spike_d) * v"})
+    >>> lif.state_names, lif.param_names
+    (('v',), ('tau', 'v_threshold'))
+    """
+
+    def __init__(self, name: str, states: Mapping, params: Optional[Mapping] = None,
+                 charge: Optional[Mapping] = None, adaptation: Optional[Mapping] = None,
+                 fire=None, reset: Optional[Mapping] = None, input: str = "x", doc: str = ""):
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name or ""):
+            raise SpecError(f"model name {name!r} must be an identifier such as 'adex'")
+        self.name = name
+        self.doc = doc
+        self.input_name = _check_name(_key_name(input, "input"), "input")
+        self.state_names, self.initial = self._read_states(states)
+        self.param_names, self.defaults = self._read_params(params or {})
+        self.charge = self._read_group("charge", charge)
+        self.adaptation = self._read_group("adaptation", adaptation)
+        self.reset = self._read_group("reset", reset)
+        if fire is None:
+            raise SpecError(f"model {name!r} has no fire expression: pass fire=, e.g. "
+                            f"fire='{self.state_names[0]} - v_threshold' (spike when >= 0)")
+        self.fire = _to_expr(fire, "fire")
+        self._validate()
+
+    # ---- reading -------------------------------------------------------------------
+    def _read_states(self, states):
+        if not isinstance(states, Mapping) or not states:
+            raise SpecError("states must be a non-empty dict {state: initial value}, "
+                            "e.g. {'v': 0.0}; the first state is the one that fires")
+        names, initial = [], {}
+        for key, value in states.items():
+            n = _check_name(_key_name(key, "states"), "state")
+            if n in initial:
+                raise SpecError(f"state {n!r} is declared twice")
+            if value is None:
+                raise SpecError(f"state {n!r} has no initial value: give one, e.g. {{'{n}': 0.0}}")
+            names.append(n)
+            initial[n] = _to_expr(value, f"initial value of state {n!r}")
+        return tuple(names), initial
+
+    def _read_params(self, params):
+        if not isinstance(params, Mapping):
+            raise SpecError("params must be a dict {parameter: default value}")
+        names, defaults = [], {}
+        for key, value in params.items():
+            n = _check_name(_key_name(key, "params"), "parameter")
+            if n in self.state_names:
+                raise SpecError(f"{n!r} is declared both as a state and as a parameter; "
+                                "a name is one or the other")
+            if n == self.input_name:
+                raise SpecError(f"{n!r} is the input symbol and cannot be a parameter")
+            if n in defaults:
+                raise SpecError(f"parameter {n!r} is declared twice")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SpecError(f"parameter {n!r} needs a finite number as default, got {value!r}")
+            names.append(n)
+            defaults[n] = float(value)
+        return tuple(names), defaults
+
+    def _read_group(self, group, equations):
+        if equations is None:
+            return {}
+        if not isinstance(equations, Mapping):
+            raise SpecError(f"{group} must be a dict {{state: expression}}")
+        out = {}
+        for key, value in equations.items():
+            n = _key_name(key, group)
+            if n not in self.state_names:
+                close = difflib.get_close_matches(n, self.state_names, 1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{group} equation for unknown state {n!r}; states are "
+                                f"{list(self.state_names)}.{hint}")
+            out[n] = _to_expr(value, f"{group} equation of {n!r}")
+        return {n: out[n] for n in self.state_names if n in out}
+
+    # ---- validation ----------------------------------------------------------------
+    def _validate(self):
+        known = set(self.state_names) | set(self.param_names) | {self.input_name}
+        for n, expr in self.initial.items():
+            self._check_symbols(expr, set(self.param_names), f"initial value of state {n!r}",
+                                "an initial value may use parameters only")
+        for group in ("charge", "adaptation"):
+            for n, expr in getattr(self, group).items():
+                self._check_expr(expr, known, f"{group} equation of {n!r}", group)
+        self._check_expr(self.fire, known, "fire expression", "fire")
+        if not self.fire.free_symbols & {sp.Symbol(s) for s in self.state_names}:
+            raise SpecError(f"fire expression {self.fire} does not depend on any state; "
+                            f"write it from the membrane state, e.g. '{self.state_names[0]} - v_threshold'")
+        if self.input_name in {s.name for s in self.fire.free_symbols}:
+            raise SpecError(f"fire expression {self.fire} uses the input {self.input_name!r}; "
+                            "fire reads states after charge and adaptation only")
+        for n, expr in self.reset.items():
+            self._check_expr(expr, known | {"spike", "spike_d"}, f"reset equation of {n!r}", "reset")
+        x = sp.Symbol(self.input_name)
+        if not any(x in e.free_symbols for e in self.charge.values()):
+            raise SpecError(f"no charge equation uses the input {self.input_name!r}; a neuron must "
+                            f"be driven by its input, e.g. charge={{'v': 'v + {self.input_name}'}}")
+        for n in self.state_names:
+            if n not in self.charge and n not in self.adaptation and n not in self.reset:
+                raise SpecError(f"state {n!r} has no equation (charge, adaptation or reset); "
+                                "give it one or make it a parameter")
+        for n, expr in self.adaptation.items():
+            if x in expr.free_symbols:
+                raise SpecError(f"adaptation equation of {n!r} uses the input {self.input_name!r}; "
+                                "only charge equations read the input")
+        for n, expr in self.reset.items():
+            if x in expr.free_symbols:
+                raise SpecError(f"reset equation of {n!r} uses the input {self.input_name!r}; "
+                                "only charge equations read the input")
+
+    def _check_symbols(self, expr, allowed, where, rule):
+        for s in sorted(expr.free_symbols, key=lambda s: s.name):
+            if s.name not in allowed:
+                close = difflib.get_close_matches(s.name, sorted(allowed), 1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                if s.name in ("spike", "spike_d"):
+                    raise SpecError(f"{where} uses {s.name!r}: spikes may appear only in reset "
+                                    "equations")
+                raise SpecError(f"{where} uses unknown symbol {s.name!r} ({rule}).{hint} "
+                                "Declare it in states= or params=.")
+
+    def _check_expr(self, expr, allowed, where, group):
+        self._check_symbols(expr, allowed, where,
+                            f"known: states, parameters and the input {self.input_name!r}")
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, NON_DIFFERENTIABLE):
+                raise SpecError(f"{where} uses {type(node).__name__}, which is not differentiable; "
+                                "the backward pass differentiates every equation. Use a smooth "
+                                "form (e.g. sigmoid, exp) or move a threshold into fire/reset")
+            if isinstance(node, sp.Function) and not isinstance(node, _ALLOWED_FUNCS):
+                raise SpecError(f"{where} calls unsupported function {type(node).__name__}; "
+                                f"allowed: {', '.join(sorted(FUNCTIONS))}")
+            if isinstance(node, (sp.Integral, sp.Derivative, sp.Sum, sp.Product)):
+                raise SpecError(f"{where} contains {type(node).__name__}; write the discrete step")
+            if node.is_Number and not node.is_finite:
+                raise SpecError(f"{where} contains the non-finite number {node}")
+            if node.is_Number and node.is_real is False:
+                raise SpecError(f"{where} contains the complex number {node}")
+
+    # ---- derived facts ------------------------------------------------------------
+    @property
+    def v_name(self) -> str:
+        """The state that fires and is stored in ``v_seq``."""
+        return self.state_names[0]
+
+    def canonical(self) -> str:
+        """Deterministic text of the whole spec (the basis of :attr:`spec_hash`)."""
+        lines = [f"name={self.name}", f"input={self.input_name}"]
+        lines += [f"state {n} init={sp.srepr(self.initial[n])}" for n in self.state_names]
+        lines += [f"param {n}={self.defaults[n]!r}" for n in self.param_names]
+        for group in ("charge", "adaptation", "reset"):
+            lines += [f"{group} {n}={sp.srepr(e)}" for n, e in getattr(self, group).items()]
+        lines.append(f"fire={sp.srepr(self.fire)}")
+        return "\n".join(lines)
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> "NeuronModel":
+        """A copy with some constructor arguments changed (e.g. ``params=``)."""
+        kwargs = dict(name=self.name, states=dict(self.initial), params=dict(self.defaults),
+                      charge=dict(self.charge), adaptation=dict(self.adaptation),
+                      fire=self.fire, reset=dict(self.reset), input=self.input_name, doc=self.doc)
+        kwargs.update(changes)
+        return NeuronModel(**kwargs)
+
+    def __eq__(self, other):
+        return isinstance(other, NeuronModel) and self.canonical() == other.canonical()
+
+    def __hash__(self):
+        return hash(self.canonical())
+
+    def __repr__(self):
+        return (f"NeuronModel({self.name!r}, states={list(self.state_names)}, "
+                f"params={self.defaults})")
+
+    def __str__(self):
+        from ..display import model_text
+        return model_text(self)
+
+    # ---- generation and modules (implemented in other modules) ---------------------
+    def module(self, **kwargs):
+        """A torch module running this model; see :class:`neurogen.module.NeuronModule`."""
+        from ..module import NeuronModule
+        return NeuronModule(self, **kwargs)
+
+    def cuda_source(self, kind: str = "forward", dtype: str = "float32", **config) -> str:
+        """The CUDA source of the ``forward`` or ``backward`` kernel, exactly as compiled."""
+        from ..codegen import render
+        return render(self, "cuda", kind, dtype, **config)
+
+    def cpp_source(self, kind: str = "forward", dtype: str = "float32", **config) -> str:
+        """The C++ source of the ``forward`` or ``backward`` CPU kernel, exactly as compiled."""
+        from ..codegen import render
+        return render(self, "cpp", kind, dtype, **config)

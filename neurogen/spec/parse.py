@@ -1,0 +1,87 @@
+"""Parse equation strings into sympy without evaluating any Python.
+
+The text is read by :func:`ast.parse` and only a small whitelist of nodes is
+turned into sympy objects by hand: numbers, names, ``+ - * / **``, unary
+minus and calls of the functions in :data:`FUNCTIONS`. Anything else
+(attribute access, subscripts, lambdas, comprehensions, dunder names, ...)
+is a :class:`SpecError`; nothing is ever executed.
+"""
+import ast
+
+import sympy as sp
+
+from ..errors import SpecError
+from .functions import FUNCTIONS
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a ** b,
+}
+_CONSTANTS = {"pi": sp.pi, "E": sp.E}
+MAX_LENGTH = 10_000
+
+
+def parse_expr(text: str, where: str = "equation") -> sp.Expr:
+    """Parse ``text`` (e.g. ``"v + (x - v) / tau"``) into a sympy expression.
+
+    >>> parse_expr("v + (x - v) / tau")
+    v + (-v + x)/tau
+    """
+    if not isinstance(text, str):
+        raise SpecError(f"{where}: expected a string, got {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise SpecError(f"{where}: equation text longer than {MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise SpecError(f"{where}: cannot parse {text!r}: {exc.msg}. "
+                        "Write arithmetic such as 'v + (x - v) / tau'.") from None
+    return _Builder(text, where).build(tree.body)
+
+
+class _Builder:
+    def __init__(self, text, where):
+        self.text = text
+        self.where = where
+
+    def fail(self, what):
+        raise SpecError(
+            f"{self.where}: {what} is not allowed in equation {self.text!r}. "
+            "Equations may use numbers, names of states and parameters, "
+            "+ - * / **, and the functions " + ", ".join(sorted(FUNCTIONS)) + ".")
+
+    def build(self, node):
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                self.fail(f"the constant {node.value!r}")
+            return sp.Integer(node.value) if isinstance(node.value, int) else sp.Float(node.value)
+        if isinstance(node, ast.Name):
+            return self.name(node.id)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](self.build(node.left), self.build(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = self.build(node.operand)
+            return -inner if isinstance(node.op, ast.USub) else inner
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        self.fail(f"the syntax {type(node).__name__}")
+
+    def name(self, ident):
+        if ident.startswith("_"):
+            self.fail(f"the name {ident!r} (names may not start with '_')")
+        if ident in _CONSTANTS:
+            return _CONSTANTS[ident]
+        if ident in FUNCTIONS:
+            self.fail(f"the function {ident!r} used without a call")
+        return sp.Symbol(ident)
+
+    def call(self, node):
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            func = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+            self.fail(f"calling {func!r}")
+        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
+            self.fail(f"calling {node.func.id!r} with other than one positional argument")
+        return FUNCTIONS[node.func.id](self.build(node.args[0]))
