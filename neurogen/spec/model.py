@@ -255,6 +255,10 @@ class NeuronModel:
         from ..display import model_text
         return model_text(self)
 
+    def _repr_latex_(self):
+        from ..display import model_latex
+        return "$$" + model_latex(self) + "$$"
+
     # ---- generation and modules (implemented in other modules) ---------------------
     def module(self, **kwargs):
         """A torch module running this model; see :class:`neurogen.module.NeuronModule`."""

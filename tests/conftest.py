@@ -1,0 +1,89 @@
+import shutil
+
+import pytest
+import torch
+
+import neurogen as ng
+
+
+def has_gpu():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU with CuPy (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+needs_cxx = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+
+
+def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0, **module_kw):
+    """Run ``model`` as a module and return outputs and gradients of a random loss.
+
+    ``params``: name -> float or tensor; names in ``learnable`` become nn.Parameters.
+    ``init``: optional name -> tensor of initial states (given requires_grad).
+    Returns a dict of tensors (all detached).
+    """
+    kw = {}
+    for k, v in params.items():
+        if k in learnable:
+            kw[k] = torch.nn.Parameter(torch.as_tensor(v, dtype=x_seq.dtype).clone())
+        else:
+            kw[k] = v
+    node = model.module(step_mode="m", backend=backend, store_v_seq=True, **kw, **module_kw)
+    x = x_seq.clone().requires_grad_()
+    inits = {}
+    if init is not None:
+        for s, t in init.items():
+            inits[s] = t.clone().requires_grad_()
+            setattr(node, s, inits[s])
+    spikes = node(x)
+    finals = {s: getattr(node, s) for s in model.state_names}
+    g = torch.Generator().manual_seed(seed)
+    w_s = torch.randn(spikes.shape, generator=g, dtype=x.dtype)
+    w_v = torch.randn(spikes.shape, generator=g, dtype=x.dtype)
+    loss = (spikes * w_s).sum() + (node.v_seq * w_v).sum()
+    for s in model.state_names:
+        loss = loss + (finals[s] * torch.randn(finals[s].shape, generator=g, dtype=x.dtype)).sum()
+    wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
+    grads = torch.autograd.grad(loss, wrt)
+    out = {"spikes": spikes.detach(), "v_seq": node.v_seq.detach(), "grad_x": grads[0]}
+    out.update({f"final_{s}": f.detach() for s, f in finals.items()})
+    out.update({f"grad_init_{s}": gr for s, gr in zip(inits, grads[1:1 + len(inits)])})
+    out.update({f"grad_{k}": gr for k, gr in zip(learnable, grads[1 + len(inits):])})
+    return out
+
+
+def assert_match(got, ref, fwd_tol=1e-10, grad_tol=1e-8):
+    assert got.keys() == ref.keys()
+    assert torch.equal(got["spikes"], ref["spikes"]), "spike trains differ"
+    for k in ref:
+        tol = grad_tol if k.startswith("grad") else fwd_tol
+        torch.testing.assert_close(got[k], ref[k], rtol=tol, atol=tol, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.fixture
+def adex():
+    import sympy as sp
+    v, w, x = sp.symbols("v w x")
+    tau, a, b, tau_w, v_th, v_reset, d_t, th = sp.symbols(
+        "tau a b tau_w v_threshold v_reset delta_T theta_rh")
+    return ng.NeuronModel(
+        name="adex",
+        states={v: v_reset, w: 0.0},
+        params={tau: 2.0, a: 0.1, b: 0.05, tau_w: 5.0, v_th: 1.0, v_reset: 0.0,
+                d_t: 0.5, th: 0.8},
+        charge={v: v + (-v + d_t * sp.exp((v - th) / d_t) - w + x) / tau},
+        adaptation={w: w + (a * v - w) / tau_w},
+        fire=v - v_th,
+        reset={v: (1 - ng.spike_d) * v + ng.spike * v_reset, w: w + b * ng.spike},
+    )
