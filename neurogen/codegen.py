@@ -53,7 +53,7 @@ class KernelConfig:
     grad_v_seq: bool = False
 
     def key(self) -> str:
-        return (f"surrogate={self.surrogate.key()};detach={self.detach_reset};"
+        return (f"surrogate={self.surrogate.structure()};detach={self.detach_reset};"
                 f"vseq={self.store_v_seq};save={self.save};learn={','.join(self.learnable)};"
                 f"params={self.param_kinds};gvseq={self.grad_v_seq}")
 
@@ -82,6 +82,8 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
     if not isinstance(surrogate, sg.Surrogate):
         raise TypeError(f"surrogate must be a neurogen.surrogate.Surrogate, "
                         f"got {type(surrogate).__name__}")
+    if not isinstance(surrogate, sg.Custom):
+        surrogate = type(surrogate)()  # hyper-parameters are kernel arguments, not code
     cfg = KernelConfig(surrogate=surrogate,
                        param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
                        learnable=tuple(k for k in model.param_names if k in learnable),
@@ -94,7 +96,7 @@ def derivation(model: NeuronModel, surrogate: sg.Surrogate, detach_reset: bool,
                learnable: Tuple[str, ...]) -> Tuple[Step, Backward]:
     """The step and its derived backward (cached: sympy work is done once per config)."""
     step = Step(model)
-    return step, derive_backward(step, surrogate.derivative_expr(), detach_reset, learnable)
+    return step, derive_backward(step, surrogate.kernel_derivative(), detach_reset, learnable)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def kernel_args(model: NeuronModel, kind: str, cfg: KernelConfig) -> List[Arg]:
     states = model.state_names
     params = [Arg(f"p_{k}", "scalar" if cfg.kind_of(k) == "scalar" else "in", "compute")
               for k in model.param_names]
+    if kind == "backward":
+        params += [Arg(name, "scalar", "compute") for name in cfg.surrogate.kernel_values()]
     if kind == "forward":
         args = [Arg("x_seq", "in", "io")] + [Arg(f"init_{s}", "in", "io") for s in states]
         args += params + [Arg("spike_seq", "out", "io")]
@@ -146,9 +150,11 @@ class KernelIR:
 class _Lines:
     """Prints assignments in one compute type, with CSE and hoisted invariants."""
 
-    def __init__(self, model: NeuronModel, compute: str):
+    def __init__(self, model: NeuronModel, compute: str, cfg: KernelConfig):
         self.printer = KernelPrinter(compute)
-        self.hoister = Hoister([P(k) for k in model.param_names])
+        invariant = [P(k) for k in model.param_names] + [
+            sp.Symbol(name) for name in cfg.surrogate.kernel_values()]
+        self.hoister = Hoister(invariant)
         self._cse_count = 0
 
     def p(self, expr) -> str:
@@ -226,22 +232,22 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
                for s in bw.saved]
     before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
     body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
+    body += [f"compute_t {s};" for s in bw.needs_prev]
+    # Step t reads V[t] (carried in ng_sv_*); V[t-1] is loaded once and carried to step t-1.
+    body.append("if (ng_t > 0) {")
+    body += [f"    ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
+    prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
+    if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
+        body += ["    " + ln for ln in lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])]
+        body.append("    " + lines.spike("ng_pspike", "ng_pu"))
+        pspike = sp.Symbol("ng_pspike")
+        prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
+    tmp = lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
+    body += ["    " + ln for ln in tmp] + [f"    {s} = ng_prev_{s};" for s in prev]
     if bw.needs_prev:
-        body += [f"compute_t {s};" for s in bw.needs_prev]
-        body.append("if (ng_t > 0) {")
-        body += [f"    ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
-        prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
-        if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
-            body += ["    " + ln for ln in lines.block([(sp.Symbol("ng_pu"),
-                                                           step.fire.xreplace(sv))])]
-            body.append("    " + lines.spike("ng_pspike", "ng_pu"))
-            prev = {s: e.xreplace({spike: sp.Symbol("ng_pspike"), spike_d: sp.Symbol("ng_pspike")})
-                    for s, e in prev.items()}
-        tmp = lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
-        body += ["    " + ln for ln in tmp] + [f"    {s} = ng_prev_{s};" for s in prev]
         body.append("} else {")
         body += [f"    {s} = ng_ld(init_{s}[ng_i]);" for s in bw.needs_prev]
-        body.append("}")
+    body.append("}")
     if bw.needs_x:
         body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
     body += lines.block([(step.B[s], step.charge[s]) for s in bw.needs_h])
@@ -273,7 +279,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
         raise ValueError(f"the C++ CPU kernels support float32 and float64, not {dtype}")
     io_t, compute_t, load, store = DTYPES[dtype]
     step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
-    lines = _Lines(model, compute_t)
+    lines = _Lines(model, compute_t, cfg)
     config_hash = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]
     name = f"ng_{model.name}_{kind}_{dtype}_{config_hash}"
     ctx = dict(model=model.name, spec_hash=model.spec_hash, config_hash=config_hash,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from .spec.model import NeuronModel, spike, spike_d
 
@@ -221,7 +222,10 @@ class Hoister:
         if expr.is_Atom:
             return expr
         if self._is_inv(expr):
-            return expr if expr.is_Number else self._name(expr)
+            hoistable = isinstance(expr, sp.Expr) and not isinstance(expr, ExprCondPair)
+            if expr.is_Number or not hoistable:
+                return expr
+            return self._name(expr)
         if isinstance(expr, (sp.Add, sp.Mul)):
             inv = [a for a in expr.args if self._is_inv(a)]
             var = [self(a) for a in expr.args if not self._is_inv(a)]

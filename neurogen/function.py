@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 
 from . import runtime
-from .codegen import KernelConfig, build_ir, derivation, kernel_args, render_ir
+from .codegen import CPU_BLOCK, KernelConfig, build_ir, derivation, kernel_args, render_ir
 from .spec.model import NeuronModel
 
 TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
@@ -35,7 +35,7 @@ class Plan:
     backend: str                       # "cpu" or "cuda"
     dtype: str                         # kernel I/O dtype name
     cfg: KernelConfig                  # forward config (save, learnable, param kinds...)
-    scalars: Tuple[Tuple[str, float], ...]   # by-value parameters
+    scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
     tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
 
     @property
@@ -45,9 +45,9 @@ class Plan:
     def launch(self, kind, cfg, values: Dict[str, object], n: int, device):
         fn = get_kernel(self.model, self.backend, kind, self.dtype, cfg, device)
         args = kernel_args(self.model, kind, cfg)
-        values = {**values, **{f"p_{k}": v for k, v in self.scalars}}
+        values = {**values, **dict(self.scalars)}
         if self.backend == "cpu":
-            runtime.launch_cpu(fn, args, values, self.compute)
+            runtime.launch_cpu(fn, args, values, self.compute, n, CPU_BLOCK)
         else:
             runtime.launch_cuda(fn, args, values, self.compute, n, device)
 

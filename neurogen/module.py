@@ -228,7 +228,7 @@ class NeuronModule(nn.Module):
         scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
         for k, value in self.param_values().items():
             if not isinstance(value, torch.Tensor):
-                scalars.append((k, value))
+                scalars.append((f"p_{k}", value))
                 continue
             if value.device != x_seq.device:
                 raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
@@ -257,6 +257,7 @@ class NeuronModule(nn.Module):
                           store_v_seq=self.store_v_seq, save=needs_grad,
                           learnable=tuple(learnable) if needs_grad else (),
                           param_kinds=tuple(kinds.items()))
+        scalars += list(self.surrogate_function.kernel_values().items())
         plan = Plan(model=model, backend=backend, dtype=dtype, cfg=cfg, scalars=tuple(scalars),
                     tensor_params=tuple(tensor_params))
         inits = [states[s].reshape(N).contiguous() for s in model.state_names]

@@ -57,6 +57,18 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_rest_reset(cls, v_threshold, v_rest, v_reset):
+    """SpikingJelly's QIF/EIF constraints under hard reset."""
+    if v_reset is None:
+        return
+    if _is_number(v_threshold) and _is_number(v_reset):
+        _require(v_threshold > v_reset, f"{cls} needs v_threshold > v_reset, got "
+                 f"v_threshold={v_threshold}, v_reset={v_reset}")
+    if _is_number(v_rest) and _is_number(v_reset):
+        _require(v_rest >= v_reset, f"{cls} needs v_rest >= v_reset, got v_rest={v_rest}, "
+                 f"v_reset={v_reset}")
+
+
 # ---- IF / LIF / PLIF / QIF / EIF --------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def if_spec(soft: bool = False) -> NeuronModel:
@@ -155,6 +167,7 @@ class QIFNode(_LibraryNode):
             _require(tau > 1.0, f"QIFNode needs tau > 1, got tau={tau}")
         if _is_number(a0):
             _require(a0 > 0, f"QIFNode needs a0 > 0, got a0={a0}")
+        _check_rest_reset("QIFNode", v_threshold, v_rest, v_reset)
         super().__init__(qif_spec(v_reset is None),
                          dict(tau=tau, v_c=v_c, a0=a0, v_threshold=v_threshold, v_rest=v_rest,
                               v_reset=v_reset),
@@ -172,6 +185,7 @@ class EIFNode(_LibraryNode):
             _require(tau > 1.0, f"EIFNode needs tau > 1, got tau={tau}")
         if _is_number(delta_T):
             _require(delta_T > 0, f"EIFNode needs delta_T > 0, got delta_T={delta_T}")
+        _check_rest_reset("EIFNode", v_threshold, v_rest, v_reset)
         super().__init__(eif_spec(v_reset is None),
                          dict(tau=tau, delta_T=delta_T, theta_rh=theta_rh,
                               v_threshold=v_threshold, v_rest=v_rest, v_reset=v_reset),

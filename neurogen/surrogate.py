@@ -9,6 +9,8 @@ primitive exists it is given too, and tests check that its derivative equals
 >>> Sigmoid(alpha=4.0).derivative_expr()
 4.0*sigmoid(4.0*u)*(1 - sigmoid(4.0*u))
 """
+import copy
+
 import sympy as sp
 
 from .errors import SpecError
@@ -50,8 +52,24 @@ class Surrogate:
         """The surrogate derivative ``g'(u)`` as a sympy expression in :data:`u`."""
         return self.derivative(u)
 
+    def kernel_derivative(self):
+        """``g'(u)`` with each hyper-parameter as a symbol ``sg_<name>`` (a kernel argument,
+        so changing ``alpha`` needs no new kernel)."""
+        proxy = copy.copy(self)
+        for k in self.params:
+            setattr(proxy, k, sp.Symbol(f"sg_{k}"))
+        return proxy.derivative(u)
+
+    def kernel_values(self):
+        """The values of the ``sg_<name>`` kernel arguments."""
+        return {f"sg_{k}": v for k, v in self.params.items()}
+
+    def structure(self) -> str:
+        """What the kernel code depends on: the class (and, for Custom, the expression)."""
+        return type(self).__name__
+
     def key(self) -> str:
-        """Deterministic text identifying the surrogate (part of the kernel cache key)."""
+        """Deterministic text identifying the surrogate and its values."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
@@ -118,11 +136,11 @@ class SoftSign(Surrogate):
 
 
 class SuperSpike(Surrogate):
-    """``g'(u) = alpha / (alpha |u| + 1)^2`` (SuperSpike, Zenke & Ganguli)."""
+    """``g'(u) = alpha / (|u| + 1)^2`` (as SpikingJelly 2.0 defines it)."""
     defaults = {"alpha": 1.0}
 
     def derivative(self, u):
-        return self.alpha / (self.alpha * sp.Abs(u) + 1) ** 2
+        return self.alpha / (sp.Abs(u) + 1) ** 2
 
 
 class Erf(Surrogate):
@@ -187,6 +205,9 @@ class Custom(Surrogate):
 
     def key(self):
         return f"Custom({self.name}, {sp.srepr(self._deriv)})"
+
+    def structure(self):
+        return self.key()
 
 
 LIBRARY = [Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, Erf,

@@ -1,6 +1,7 @@
 """`NeuronModel`: a neuron declared as sympy equations, validated on creation."""
 import difflib
 import hashlib
+import keyword
 import math
 import re
 from typing import Mapping, Optional
@@ -17,7 +18,7 @@ spike_d = sp.Symbol("spike_d")
 """The spike in a reset equation, treated as a constant when ``detach_reset=True``."""
 
 GROUPS = ("charge", "adaptation", "fire", "reset")
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _C_WORDS = set("""
 auto break case char const continue default do double else enum extern float for goto if
 inline int long register restrict return short signed sizeof static struct switch typedef
@@ -31,11 +32,12 @@ _ALLOWED_FUNCS = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.atan) + (FUNCTIONS
 
 
 def _check_name(name: str, role: str) -> str:
-    if not isinstance(name, str) or not _IDENT.match(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise SpecError(f"{role} name {name!r} must be an identifier such as 'v' or 'tau_w' "
                         "(letters, digits and '_', starting with a letter)")
-    if name in _C_WORDS or name in _RESERVED or name.startswith("ng_") or "__" in name:
-        raise SpecError(f"{role} name {name!r} is reserved (a C/CUDA word, a neurogen name, "
+    if (name in _C_WORDS or name in _RESERVED or keyword.iskeyword(name)
+            or name.startswith("ng_") or "__" in name):
+        raise SpecError(f"{role} name {name!r} is reserved (a C/CUDA or Python word, a neurogen name, "
                         f"or has the 'ng_' prefix or '__'); rename it, e.g. {name}_0")
     return name
 
@@ -60,6 +62,8 @@ def _to_expr(value, where) -> sp.Expr:
                         f"got {type(value).__name__}")
     if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
         raise SpecError(f"{where}: {expr} is a condition, not a value")
+    if not isinstance(expr, sp.Expr):
+        raise SpecError(f"{where}: {expr} is a {type(expr).__name__}, not a scalar expression")
     # Plain symbols, matched by name: the user's assumptions (real=True...) do not matter.
     return expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
 
@@ -82,7 +86,7 @@ class NeuronModel:
     def __init__(self, name: str, states: Mapping, params: Optional[Mapping] = None,
                  charge: Optional[Mapping] = None, adaptation: Optional[Mapping] = None,
                  fire=None, reset: Optional[Mapping] = None, input: str = "x", doc: str = ""):
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name or ""):
+        if not isinstance(name, str) or not _IDENT.fullmatch(name):
             raise SpecError(f"model name {name!r} must be an identifier such as 'adex'")
         self.name = name
         self.doc = doc
@@ -108,6 +112,8 @@ class NeuronModel:
             n = _check_name(_key_name(key, "states"), "state")
             if n in initial:
                 raise SpecError(f"state {n!r} is declared twice")
+            if n == self.input_name:
+                raise SpecError(f"{n!r} is the input symbol and cannot be a state")
             if value is None:
                 raise SpecError(f"state {n!r} has no initial value: give one, e.g. {{'{n}': 0.0}}")
             names.append(n)
@@ -146,6 +152,8 @@ class NeuronModel:
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise SpecError(f"{group} equation for unknown state {n!r}; states are "
                                 f"{list(self.state_names)}.{hint}")
+            if n in out:
+                raise SpecError(f"{group} equation of {n!r} is given twice")
             out[n] = _to_expr(value, f"{group} equation of {n!r}")
         return {n: out[n] for n in self.state_names if n in out}
 
@@ -155,6 +163,7 @@ class NeuronModel:
         for n, expr in self.initial.items():
             self._check_symbols(expr, set(self.param_names), f"initial value of state {n!r}",
                                 "an initial value may use parameters only")
+            self._check_expr(expr, set(self.param_names), f"initial value of state {n!r}", "initial")
         for group in ("charge", "adaptation"):
             for n, expr in getattr(self, group).items():
                 self._check_expr(expr, known, f"{group} equation of {n!r}", group)
@@ -210,7 +219,7 @@ class NeuronModel:
                 raise SpecError(f"{where} contains {type(node).__name__}; write the discrete step")
             if node.is_Number and not node.is_finite:
                 raise SpecError(f"{where} contains the non-finite number {node}")
-            if node.is_Number and node.is_real is False:
+            if node.is_number and node.is_real is False:
                 raise SpecError(f"{where} contains the complex number {node}")
 
     # ---- derived facts ------------------------------------------------------------
@@ -221,6 +230,11 @@ class NeuronModel:
 
     def canonical(self) -> str:
         """Deterministic text of the whole spec (the basis of :attr:`spec_hash`)."""
+        if "_canonical" not in self.__dict__:
+            self.__dict__["_canonical"] = self._canonical_text()
+        return self.__dict__["_canonical"]
+
+    def _canonical_text(self) -> str:
         lines = [f"name={self.name}", f"input={self.input_name}"]
         lines += [f"state {n} init={sp.srepr(self.initial[n])}" for n in self.state_names]
         lines += [f"param {n}={self.defaults[n]!r}" for n in self.param_names]
@@ -245,7 +259,9 @@ class NeuronModel:
         return isinstance(other, NeuronModel) and self.canonical() == other.canonical()
 
     def __hash__(self):
-        return hash(self.canonical())
+        if "_hash" not in self.__dict__:
+            self.__dict__["_hash"] = hash(self.canonical())
+        return self.__dict__["_hash"]
 
     def __repr__(self):
         return (f"NeuronModel({self.name!r}, states={list(self.state_names)}, "

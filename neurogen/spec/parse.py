@@ -22,6 +22,8 @@ _BINOPS = {
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
 MAX_LENGTH = 10_000
+MAX_DEPTH = 200
+MAX_POWER_BITS = 10_000
 
 
 def parse_expr(text: str, where: str = "equation") -> sp.Expr:
@@ -36,16 +38,22 @@ def parse_expr(text: str, where: str = "equation") -> sp.Expr:
         raise SpecError(f"{where}: equation text longer than {MAX_LENGTH} characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
+    except (RecursionError, MemoryError):
+        raise SpecError(f"{where}: equation {text[:80]!r}... is nested too deeply") from None
     except SyntaxError as exc:
         raise SpecError(f"{where}: cannot parse {text!r}: {exc.msg}. "
                         "Write arithmetic such as 'v + (x - v) / tau'.") from None
-    return _Builder(text, where).build(tree.body)
+    try:
+        return _Builder(text, where).build(tree.body)
+    except RecursionError:
+        raise SpecError(f"{where}: equation {text[:80]!r}... is nested too deeply") from None
 
 
 class _Builder:
     def __init__(self, text, where):
         self.text = text
         self.where = where
+        self.depth = 0
 
     def fail(self, what):
         raise SpecError(
@@ -54,6 +62,15 @@ class _Builder:
             "+ - * / **, and the functions " + ", ".join(sorted(FUNCTIONS)) + ".")
 
     def build(self, node):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(f"nesting deeper than {MAX_DEPTH} levels")
+        try:
+            return self._build(node)
+        finally:
+            self.depth -= 1
+
+    def _build(self, node):
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.fail(f"the constant {node.value!r}")
@@ -61,7 +78,11 @@ class _Builder:
         if isinstance(node, ast.Name):
             return self.name(node.id)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](self.build(node.left), self.build(node.right))
+            left, right = self.build(node.left), self.build(node.right)
+            if (isinstance(node.op, ast.Pow) and left.is_Rational and right.is_Rational
+                    and max(abs(left.p), left.q).bit_length() * abs(right.p) > MAX_POWER_BITS * right.q):
+                self.fail("a power of numbers this large")
+            return _BINOPS[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             inner = self.build(node.operand)
             return -inner if isinstance(node.op, ast.USub) else inner

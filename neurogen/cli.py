@@ -1,0 +1,208 @@
+"""The ``neurogen`` command: list, show, emit, check, demo."""
+import argparse
+import importlib.util
+import re
+import sys
+import time
+
+from . import surrogate as sg
+from .codegen import DTYPES, KINDS, TARGETS, derivation, kernel_args, make_config
+from .errors import CompileError, SpecError
+
+ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif": "QIFNode",
+           "eif": "EIFNode", "cuba_lif": "CUBALIFNode", "cubalif": "CUBALIFNode",
+           "izhikevich": "IzhikevichNode", "adex": "AdExNode"}
+
+
+def load_model(ref: str):
+    """A library name (``izhikevich``, ``LIFNode``) or ``path/to/file.py:variable``."""
+    from . import neuron
+    from .spec.model import NeuronModel
+    name = ALIASES.get(ref.lower(), ref)
+    if name in neuron.LIBRARY:
+        return neuron.LIBRARY[name].spec
+    if ":" in ref:
+        path, var = ref.rsplit(":", 1)
+        spec = importlib.util.spec_from_file_location("neurogen_user_model", path)
+        if spec is None:
+            raise SystemExit(f"neurogen: cannot load {path!r} (expected a .py file)")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except FileNotFoundError:
+            raise SystemExit(f"neurogen: no such file {path!r}") from None
+        model = getattr(module, var, None)
+        if not isinstance(model, NeuronModel):
+            raise SystemExit(f"neurogen: {path}:{var} is not a NeuronModel")
+        return model
+    known = ", ".join(sorted(ALIASES) + sorted(neuron.LIBRARY))
+    raise SystemExit(f"neurogen: unknown model {ref!r}; library models: {known}; "
+                     "or give path/to/file.py:variable")
+
+
+def _surrogate(text):
+    m = re.fullmatch(r"(\w+)(?:\((.*)\))?", text.strip())
+    if not m or not hasattr(sg, m.group(1)) or m.group(1) in ("Surrogate", "Custom", "u"):
+        raise argparse.ArgumentTypeError(f"unknown surrogate {text!r}; choose from "
+                                         + ", ".join(c.__name__ for c in sg.LIBRARY))
+    kwargs = {}
+    for part in filter(None, (m.group(2) or "").split(",")):
+        k, _, v = part.partition("=")
+        kwargs[k.strip()] = float(v)
+    return getattr(sg, m.group(1))(**kwargs)
+
+
+def cmd_list(args):
+    from . import neuron
+    print("Neurons (neurogen.neuron):")
+    for name, cls in neuron.LIBRARY.items():
+        spec = cls.spec
+        print(f"  {name:<18} states {', '.join(spec.state_names):<6} "
+              f"params {', '.join(spec.param_names)}")
+    print("Surrogates (neurogen.surrogate):")
+    for cls in sg.LIBRARY:
+        print(f"  {cls.__name__:<18} {cls().key()}: g'(u) = {cls().derivative_expr()}")
+
+
+def cmd_show(args):
+    from .display import backward_text
+    model = load_model(args.model)
+    print(model)
+    learn = tuple(args.learnable or ())
+    print("\nBackward of one step (reverse mode; ng_g_* = gradient w.r.t. a state after reset):")
+    print(backward_text(model, args.surrogate, args.detach_reset, learn))
+    _, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
+                       args.detach_reset, learn)
+    nbytes = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[args.dtype]
+    saved = ", ".join(f"{bw_name(model, s)}" for s in bw.saved) or "nothing"
+    print(f"\nSaved per neuron-step for the backward: {saved} "
+          f"({len(bw.saved) * nbytes} bytes in {args.dtype})")
+    recomputed = [f"previous {s}" for s in bw.needs_prev] + (["x (re-read)"] if bw.needs_x else [])
+    if recomputed:
+        print("Recomputed in the backward: " + ", ".join(recomputed))
+
+
+def bw_name(model, s):
+    if s in model.adaptation:
+        return f"{s} after adaptation"
+    if s in model.charge:
+        return f"{s} after charge (h)"
+    return s
+
+
+def _config(model, args):
+    learn = tuple(args.learnable or ())
+    return dict(surrogate=args.surrogate, detach_reset=args.detach_reset,
+                store_v_seq=args.store_v_seq, learnable=learn)
+
+
+def cmd_emit(args):
+    from .codegen import render
+    model = load_model(args.model)
+    print(render(model, args.target, args.kernel, args.dtype, **_config(model, args)), end="")
+
+
+def cmd_check(args):
+    from .codegen import render
+    from .runtime import compile_ptx
+    from . import neuron
+    refs = args.models or list(neuron.LIBRARY)
+    failures = 0
+    ptxas = _which("ptxas")
+    for ref in refs:
+        model = load_model(ref)
+        for dtype in args.dtype or list(DTYPES):
+            for kind in KINDS:
+                src = render(model, "cuda", kind, dtype, learnable=(), store_v_seq=True)
+                for arch in args.arch:
+                    t0 = time.perf_counter()
+                    try:
+                        ptx = compile_ptx(src, arch.replace("sm_", "compute_"))
+                    except CompileError as exc:
+                        failures += 1
+                        print(f"FAIL {model.name} {kind} {dtype} {arch}\n{exc.log}")
+                        continue
+                    ms = (time.perf_counter() - t0) * 1e3
+                    info = _ptxas_info(ptxas, ptx, arch) if ptxas else "ptxas not found"
+                    print(f"ok   {model.name:<20} {kind:<8} {dtype:<8} {arch}  nvrtc {ms:6.1f} ms  {info}")
+    if failures:
+        print(f"{failures} kernel(s) failed to compile")
+        return 1
+    return 0
+
+
+def _which(name):
+    import shutil
+    return shutil.which(name)
+
+
+def _ptxas_info(ptxas, ptx, arch):
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        proc = subprocess.run([ptxas, "-v", f"-arch={arch}", f.name, "-o", "/dev/null"],
+                              capture_output=True, text=True)
+    text = proc.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    stack = re.search(r"(\d+) bytes stack frame", text)
+    spill = re.findall(r"(\d+) bytes spill (?:stores|loads)", text)
+    if proc.returncode != 0:
+        return "ptxas failed: " + text.strip().splitlines()[-1]
+    return (f"registers {regs.group(1) if regs else '?'}, stack {stack.group(1) if stack else 0} B, "
+            f"spill {sum(int(s) for s in spill)} B")
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(quick=args.quick, out=args.out, epochs=args.epochs)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="neurogen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="library neurons and surrogates").set_defaults(func=cmd_list)
+
+    def model_opts(q):
+        q.add_argument("--surrogate", type=_surrogate, default=sg.Sigmoid(),
+                       help="e.g. Sigmoid, 'ATan(alpha=3)' (default Sigmoid(alpha=4))")
+        q.add_argument("--detach-reset", action="store_true")
+        q.add_argument("--learnable", nargs="*", metavar="PARAM", help="parameters with gradients")
+        q.add_argument("--dtype", default="float32", choices=list(DTYPES))
+
+    q = sub.add_parser("show", help="equations, derived backward, saved quantities")
+    q.add_argument("model", help="library name or path/to/file.py:variable")
+    model_opts(q)
+    q.set_defaults(func=cmd_show)
+    q = sub.add_parser("emit", help="print the exact kernel source that runs")
+    q.add_argument("model")
+    q.add_argument("--target", default="cuda", choices=TARGETS)
+    q.add_argument("--kernel", default="forward", choices=KINDS)
+    q.add_argument("--store-v-seq", action="store_true")
+    model_opts(q)
+    q.set_defaults(func=cmd_emit)
+    q = sub.add_parser("check", help="compile every kernel with NVRTC; ptxas resource use")
+    q.add_argument("models", nargs="*", help="default: every library neuron")
+    q.add_argument("--arch", nargs="+", default=["sm_80", "sm_90"])
+    q.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    q.set_defaults(func=cmd_check)
+    q = sub.add_parser("demo", help="declare a neuron, show its kernel, train a small SNN")
+    q.add_argument("--quick", action="store_true", help="a reduced run (for tests)")
+    q.add_argument("--epochs", type=int, default=None)
+    q.add_argument("--out", default="neurogen-demo-output", help="folder for the plots")
+    q.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except SpecError as exc:
+        print(f"neurogen: invalid model: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
