@@ -1,0 +1,93 @@
+"""Generator output: golden printing, determinism, hoisting, minimal saved values."""
+import os
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+import neurogen as ng
+from neurogen.codegen import derivation, kernel_args, make_config
+from neurogen.neuron import izhikevich_spec, lif_spec
+from neurogen.printer import print_expr
+
+v, x, tau = sp.symbols("v x tau")
+
+
+@pytest.mark.parametrize("expr,float_text,double_text", [
+    (v + (x - v) / tau, "v + (-v + x)/tau", "v + (-v + x)/tau"),
+    (sp.exp(v / 2), "expf((0.5F)*v)", "exp((0.5)*v)"),
+    (v ** 2, "(v*v)", "(v*v)"),
+    (v ** -1, "(1.0F/v)", "(1.0/v)"),
+    (sp.sqrt(v), "sqrtf(v)", "sqrt(v)"),
+    (v ** sp.Rational(3, 2), "powf(v, (3.0F/2.0F))", "pow(v, (3.0/2.0))"),
+    (sp.pi * v, "3.141592653589793F*v", "3.141592653589793*v"),
+    (ng.sigmoid(v), "ng_sigmoid(v)", "ng_sigmoid(v)"),
+    (sp.Max(0, v), "fmaxf(0.0F, v)", "fmax(0.0, v)"),
+    (sp.Piecewise((v, v < 1), (0, True)), "((v < 1.0F) ? (v) : (0.0F))",
+     "((v < 1.0) ? (v) : (0.0))"),
+])
+def test_printer_golden(expr, float_text, double_text):
+    assert print_expr(expr, "float") == float_text
+    assert print_expr(expr, "double") == double_text
+
+
+def test_printer_rejects_unknown_functions():
+    with pytest.raises(Exception):
+        print_expr(sp.Function("mystery")(v))
+
+
+SCRIPT = ("import neurogen as ng; from neurogen.neuron import izhikevich_spec as s;"
+          "print(s().cuda_source('backward', 'float16', learnable=('a',)) + "
+          "s().cpp_source('forward', 'float64'))")
+
+
+def test_sources_are_byte_identical_across_processes():
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.append(subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and "ng_izhikevich_node_backward_float16" in outs[0]
+
+
+def test_header_names_model_template_and_spec():
+    src = izhikevich_spec().cuda_source("forward")
+    first = src.splitlines()[0]
+    assert first.startswith("// neurogen: model izhikevich_node, template cuda_forward.cu.j2")
+    assert izhikevich_spec().spec_hash in first
+
+
+def test_izhikevich_saves_only_the_charged_v():
+    model = izhikevich_spec()
+    cfg = make_config(model)
+    _, bw = derivation(model, cfg.surrogate, False, ())
+    assert bw.saved == ("v",)          # h alone; v[t-1] is recomputed from h[t-1]
+    assert bw.needs_prev == ("v",) and not bw.needs_x
+    names = [a.name for a in kernel_args(model, "forward", cfg) if a.role == "out"]
+    assert names == ["spike_seq", "final_v", "final_w", "saved_v"]
+
+
+def test_learnable_tau_needs_more_saved_values(adex):
+    cfg = make_config(adex, learnable=("tau",))
+    _, bw = derivation(adex, cfg.surrogate, False, cfg.learnable)
+    assert bw.saved == ("v", "w") and bw.needs_x   # dH/dtau reads x and w
+
+
+def test_time_steps_are_a_runtime_argument():
+    for kind in ("forward", "backward"):
+        for src in (lif_spec().cuda_source(kind), lif_spec().cpp_source(kind)):
+            assert "const int ng_T" in src
+
+
+def test_parameter_math_is_hoisted_out_of_the_time_loop():
+    src = lif_spec().cuda_source("forward", "float32")
+    before, loop = src.split("for (int ng_t", 1)
+    assert "1.0F/tau" in before.replace("(1.0F/tau)", "1.0F/tau")
+    assert "/tau" not in loop
+
+
+def test_surrogate_alpha_is_an_argument_not_code():
+    a = izhikevich_spec().cuda_source("backward", surrogate=ng.surrogate.Sigmoid(alpha=2.0))
+    b = izhikevich_spec().cuda_source("backward", surrogate=ng.surrogate.Sigmoid(alpha=7.0))
+    assert a == b and "sg_alpha" in a
