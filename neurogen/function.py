@@ -21,6 +21,9 @@ def kernel_source(model: NeuronModel, target: str, kind: str, dtype: str, cfg: K
 
 
 def get_kernel(model, backend, kind, dtype, cfg, device):
+    if backend == "cuda-emulated":
+        from .emulation import compile_emulated
+        return compile_emulated(build_ir(model, "cuda", kind, dtype, cfg), model, cfg)
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
@@ -32,7 +35,7 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
 class Plan:
     """What stays fixed during one multi-step call."""
     model: NeuronModel
-    backend: str                       # "cpu" or "cuda"
+    backend: str                       # "cpu", "cuda" or "cuda-emulated"
     dtype: str                         # kernel I/O dtype name
     cfg: KernelConfig                  # forward config (save, learnable, param kinds...)
     scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
@@ -43,13 +46,17 @@ class Plan:
         return "double" if self.dtype == "float64" else "float"
 
     def launch(self, kind, cfg, values: Dict[str, object], n: int, device):
+        if n == 0:
+            return  # zero neurons: nothing to compute (and no empty CUDA grid)
         fn = get_kernel(self.model, self.backend, kind, self.dtype, cfg, device)
-        args = kernel_args(self.model, kind, cfg)
-        values = {**values, **dict(self.scalars)}
+        packed = runtime.pack_args(kernel_args(self.model, kind, cfg),
+                                   {**values, **dict(self.scalars)}, self.compute)
         if self.backend == "cpu":
-            runtime.launch_cpu(fn, args, values, self.compute, n, CPU_BLOCK)
+            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"])
+        elif self.backend == "cuda-emulated":
+            runtime.launch_emulated(fn, packed, n)
         else:
-            runtime.launch_cuda(fn, args, values, self.compute, n, device)
+            runtime.launch_cuda(fn, packed, n, device)
 
 
 class MultiStep(torch.autograd.Function):

@@ -12,7 +12,7 @@ from .errors import BackendUnavailableError
 from .function import TORCH_DTYPES, MultiStep, Plan
 from .spec.model import NeuronModel
 
-BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch")
+BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch", "cuda-emulated")
 
 
 class NeuronModule(nn.Module):
@@ -211,6 +211,9 @@ class NeuronModule(nn.Module):
                                 "convert the input or use backend='torch'")
         if name == "cuda" and not x.is_cuda:
             raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {x.device}")
+        if name == "cuda-emulated" and x.device.type != "cpu":
+            raise ValueError("backend='cuda-emulated' runs the CUDA kernels on the CPU and needs "
+                             f"CPU tensors, got a tensor on {x.device}")
         return name
 
     def _run_reference(self, x_seq, states):

@@ -52,15 +52,16 @@ def _compiler_id(path: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else path
 
 
-def _cpu_key(source: str, compiler: str) -> str:
-    text = "\0".join([source, compiler, _compiler_id(compiler), " ".join(CPU_FLAGS)])
+def _cpu_key(source: str, compiler: str, flags) -> str:
+    text = "\0".join([source, compiler, _compiler_id(compiler), " ".join(flags)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def compile_cpp(source: str, name: str):
+def compile_cpp(source: str, name: str, flags=CPU_FLAGS):
     """Compile (or load from cache) a C++ kernel and return its ctypes function."""
     compiler = cxx()
-    key = _cpu_key(source, compiler)
+    flags = tuple(flags)
+    key = _cpu_key(source, compiler, flags)
     with _lock:
         if key in _loaded:
             return getattr(_loaded[key], name)
@@ -75,18 +76,18 @@ def compile_cpp(source: str, name: str):
             except (OSError, AttributeError):
                 lib = None  # a truncated or foreign file is a miss: rebuild it
         if lib is None:
-            _build(source, compiler, folder, lib_path)
+            _build(source, compiler, flags, folder, lib_path)
             lib = ctypes.CDLL(str(lib_path))
         _loaded[key] = lib
         return getattr(lib, name)
 
 
-def _build(source, compiler, folder, lib_path):
+def _build(source, compiler, flags, folder, lib_path):
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
         src = Path(tmp) / "kernel.cpp"
         src.write_text(source)
         out = Path(tmp) / "kernel.so"
-        proc = subprocess.run([compiler, *CPU_FLAGS, str(src), "-o", str(out)],
+        proc = subprocess.run([compiler, *flags, str(src), "-o", str(out)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompileError(f"the C++ compiler {compiler} failed on a generated kernel",
@@ -104,8 +105,11 @@ def _cupy():
     return cupy
 
 
-def cuda_include_dirs():
-    """Folders holding ``cuda_fp16.h`` (from the nvidia-cuda-runtime wheel or a toolkit)."""
+def cuda_include_dirs(host: bool = False):
+    """Folders holding ``cuda_fp16.h`` (from the nvidia-cuda-runtime wheel or a toolkit).
+
+    ``host=True``: only folders a host compiler can use too (a toolkit's, which has
+    ``crt/host_defines.h``; the wheel's headers are for NVRTC alone)."""
     dirs = []
     try:
         import nvidia.cuda_runtime as rt
@@ -115,7 +119,8 @@ def cuda_include_dirs():
     for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if root:
             dirs.append(os.path.join(root, "include"))
-    return [d for d in dirs if os.path.exists(os.path.join(d, "cuda_fp16.h"))]
+    need = ["cuda_fp16.h"] + (["crt/host_defines.h"] if host else [])
+    return [d for d in dirs if all(os.path.exists(os.path.join(d, f)) for f in need)]
 
 
 def nvrtc_options(arch: str = None):
@@ -143,7 +148,7 @@ def compile_ptx(source: str, arch: str = "compute_80") -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_module(source: str, device: int):
+def _cuda_module(source: str, device):
     cupy = _cupy()
     with cupy.cuda.Device(device):
         try:
@@ -155,38 +160,63 @@ def _cuda_module(source: str, device: int):
     return mod
 
 
-def cuda_function(source: str, name: str, device: int):
-    return _cuda_module(source, device).get_function(name)
+def cuda_function(source: str, name: str, device):
+    index = device.index if hasattr(device, "index") else device
+    return _cuda_module(source, index or 0).get_function(name)
 
 
 # ---- launching ----------------------------------------------------------------------
-def _ctype(arg, compute):
-    if arg.role in ("in", "out"):
-        return ctypes.c_void_p
-    if arg.role == "scalar":
-        return ctypes.c_float if compute == "float" else ctypes.c_double
-    return ctypes.c_int if arg.role == "int32" else ctypes.c_int64
+CUDA_BLOCK = 256
 
 
-def launch_cpu(fn, args, values, compute, n, block):
-    """Call a CPU kernel with ``values[name]`` for each :class:`Arg` (tensors or numbers).
+def launch_config(n: int, block: int = CUDA_BLOCK):
+    """Grid and block of a one-thread-per-neuron launch (CUDA and emulated CUDA alike)."""
+    return (n + block - 1) // block, block
 
-    Neuron blocks are split over ``torch.get_num_threads()`` Python threads
-    (ctypes releases the GIL during the call).
+
+def pack_args(args, values, compute):
+    """[(kind, value)] in kernel order, kind one of ptr, f32, f64, i32, i64.
+
+    The single place that turns named values into a kernel's argument list;
+    every launcher (CUDA, emulated CUDA, C++) converts these pairs.
     """
-    import torch
+    packed = []
+    for a in args:
+        v = values[a.name]
+        if a.role in ("in", "out"):
+            packed.append(("ptr", v.data_ptr()))
+        elif a.role == "scalar":
+            packed.append(("f32" if compute == "float" else "f64", float(v)))
+        elif a.role == "int32":
+            packed.append(("i32", int(v)))
+        else:
+            packed.append(("i64", int(v)))
+    return packed
+
+
+_CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double,
+           "i32": ctypes.c_int, "i64": ctypes.c_int64, "u32": ctypes.c_uint}
+
+
+def _ctypes_call(fn, packed):
     if fn.argtypes is None:
-        fn.argtypes = [_ctype(a, compute) for a in args] + [ctypes.c_int64, ctypes.c_int64]
+        fn.argtypes = [_CTYPES[k] for k, _ in packed]
         fn.restype = None
-    packed = [_c_value(a, values[a.name]) for a in args]
+    fn(*[v for _, v in packed])
+
+
+def launch_cpu(fn, packed, n, block, T):
+    """Call a C++ kernel; neuron blocks are split over ``torch.get_num_threads()``
+    Python threads (ctypes releases the GIL during the call)."""
+    import torch
     blocks = (n + block - 1) // block
     workers = max(1, min(torch.get_num_threads(), blocks))
-    if workers == 1 or n * values["ng_T"] < 1 << 15:
-        fn(*packed, 0, blocks)
+    if workers == 1 or n * T < 1 << 15:
+        _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks)])
         return
     bounds = [blocks * w // workers for w in range(workers + 1)]
-    futures = [_pool(workers).submit(fn, *packed, lo, hi) for lo, hi in zip(bounds, bounds[1:])
-               if hi > lo]
+    futures = [_pool(workers).submit(_ctypes_call, fn, packed + [("i64", lo), ("i64", hi)])
+               for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
     for f in futures:
         f.result()
 
@@ -197,32 +227,25 @@ def _pool(workers):
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurogen")
 
 
-def _c_value(arg, value):
-    if arg.role in ("in", "out"):
-        return ctypes.c_void_p(value.data_ptr())
-    return value
+def launch_emulated(fn, packed, n):
+    """Run an emulated CUDA kernel: the same packed arguments behind (grid, block)."""
+    grid, block = launch_config(n)
+    _ctypes_call(fn, [("u32", grid), ("u32", block)] + packed)
 
 
-def launch_cuda(fn, args, values, compute, n, device, block=256):
+def launch_cuda(fn, packed, n, device):
+    """Launch on torch's current stream of ``device`` (no copies, no host sync)."""
     import numpy as np
     import torch
     cupy = _cupy()
-    scalar = np.float32 if compute == "float" else np.float64
-    packed = []
-    for a in args:
-        v = values[a.name]
-        if a.role in ("in", "out"):
-            packed.append(np.uint64(v.data_ptr()))
-        elif a.role == "scalar":
-            packed.append(scalar(v))
-        elif a.role == "int32":
-            packed.append(np.int32(v))
-        else:
-            packed.append(np.int64(v))
-    grid = ((n + block - 1) // block,)
-    with cupy.cuda.Device(device):
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-        fn(grid, (block,), tuple(packed), stream=stream)
+    conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
+            "i64": np.int64}
+    grid, block = launch_config(n)
+    with cupy.cuda.Device(device.index if hasattr(device, "index") else device):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # ExternalStream, CuPy >= 14
+            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+        fn((grid,), (block,), tuple(conv[k](v) for k, v in packed), stream=stream)
 
 
 def warn_once(message: str, _seen=set()):
