@@ -18,6 +18,12 @@ def evaluate(expr, env, like: torch.Tensor):
         return env[expr.name]
     if expr.is_Number or expr.is_NumberSymbol:
         return float(expr)
+    if isinstance(expr, sp.Piecewise):
+        out = evaluate(expr.args[-1].expr, env, like)
+        for branch, cond in reversed(expr.args[:-1]):
+            out = torch.where(evaluate(cond, env, like), _t(evaluate(branch, env, like), like),
+                              _t(out, like))
+        return out
     args = [evaluate(a, env, like) for a in expr.args]
     if isinstance(expr, sp.Add):
         out = args[0]
@@ -49,12 +55,6 @@ def evaluate(expr, env, like: torch.Tensor):
         out = tensors[0]
         for a in tensors[1:]:
             out = op(out, a)
-        return out
-    if isinstance(expr, sp.Piecewise):
-        out = evaluate(expr.args[-1].expr, env, like)
-        for branch, cond in reversed(expr.args[:-1]):
-            out = torch.where(evaluate(cond, env, like), _t(evaluate(branch, env, like), like),
-                              _t(out, like))
         return out
     if expr.is_Relational:
         lhs, rhs = args

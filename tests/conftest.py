@@ -55,7 +55,8 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
     for s in model.state_names:
         loss = loss + (finals[s] * torch.randn(finals[s].shape, generator=g, dtype=x.dtype)).sum()
     wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
-    grads = torch.autograd.grad(loss, wrt)
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
     out = {"spikes": spikes.detach(), "v_seq": node.v_seq.detach(), "grad_x": grads[0]}
     out.update({f"final_{s}": f.detach() for s, f in finals.items()})
     out.update({f"grad_init_{s}": gr for s, gr in zip(inits, grads[1:1 + len(inits)])})

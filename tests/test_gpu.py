@@ -1,0 +1,64 @@
+"""On a real GPU (marked; skipped without one): cuda == cpu == reference, all dtypes."""
+import pytest
+import torch
+
+import neurogen as ng
+from neurogen.neuron import LIBRARY
+
+from conftest import assert_match, run_and_grad
+
+pytestmark = pytest.mark.gpu
+
+# half types: inputs and outputs rounded to 8 (bf16) or 11 (fp16) mantissa bits, float inside
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def _to(d, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY))
+def test_cuda_equals_cpu_and_reference_float64(name):
+    model = LIBRARY[name].spec
+    x = torch.randn(33, 4, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.8
+    learn = tuple(k for k in model.param_names if k in ("v_threshold", "tau", "a"))
+    kw = dict(params=dict(model.defaults), learnable=learn)
+    ref = run_and_grad(model, "torch", x, **kw)
+    cpu = run_and_grad(model, "cpu", x, **kw)
+    gpu = run_and_grad(model, "cuda", x.cuda(), **kw)
+    assert_match(cpu, ref)
+    assert_match(_to(gpu, "cpu"), cpu, fwd_tol=1e-12, grad_tol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_low_precision_close_to_float64(dtype, adex):
+    x = torch.randn(40, 2000, generator=torch.Generator().manual_seed(1)) + 1.0
+    x = x.to(dtype)
+    ref = run_and_grad(adex, "cpu", x.double(), params=dict(adex.defaults), learnable=("tau",))
+    gpu = _to(run_and_grad(adex, "cuda", x.cuda(), params=dict(adex.defaults),
+                           learnable=("tau",)), "cpu")
+    flips = (gpu["spikes"].double() != ref["spikes"]).double().mean().item()
+    assert flips < 0.01
+    tol = TOL[dtype]
+    torch.testing.assert_close(gpu["final_w"].double(), ref["final_w"], rtol=tol, atol=tol)
+    if flips == 0:
+        torch.testing.assert_close(gpu["grad_x"].double(), ref["grad_x"], rtol=tol, atol=tol)
+
+
+def test_cuda_matches_emulated_cuda_bitwise_float64(adex):
+    x = torch.randn(10, 999, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 1
+    emu = run_and_grad(adex, "cuda-emulated", x, params=dict(adex.defaults))
+    gpu = _to(run_and_grad(adex, "cuda", x.cuda(), params=dict(adex.defaults)), "cpu")
+    assert torch.equal(gpu["spikes"], emu["spikes"])
+    assert_match(gpu, emu, fwd_tol=1e-12, grad_tol=1e-10)
+
+
+def test_runs_on_current_stream_and_device():
+    node = ng.neuron.IzhikevichNode(step_mode="m", backend="cuda")
+    s = torch.cuda.Stream()
+    x = torch.rand(8, 1024, device="cuda") * 2
+    with torch.cuda.stream(s):
+        out = node(x)
+    s.synchronize()
+    node.reset()
+    assert torch.equal(out, node(x))
