@@ -1,13 +1,14 @@
 """The ``neurogen`` command: list, show, emit, check, demo."""
 import argparse
 import importlib.util
+import os
 import re
 import sys
 import time
 
 from . import surrogate as sg
 from .codegen import DTYPES, KINDS, TARGETS, derivation, kernel_args, make_config
-from .errors import CompileError, SpecError
+from .errors import BackendUnavailableError, CompileError, SpecError
 
 ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif": "QIFNode",
            "eif": "EIFNode", "cuba_lif": "CUBALIFNode", "cubalif": "CUBALIFNode",
@@ -41,15 +42,22 @@ def load_model(ref: str):
 
 
 def _surrogate(text):
+    classes = {c.__name__: c for c in sg.LIBRARY}
     m = re.fullmatch(r"(\w+)(?:\((.*)\))?", text.strip())
-    if not m or not hasattr(sg, m.group(1)) or m.group(1) in ("Surrogate", "Custom", "u"):
+    if not m or m.group(1) not in classes:
         raise argparse.ArgumentTypeError(f"unknown surrogate {text!r}; choose from "
-                                         + ", ".join(c.__name__ for c in sg.LIBRARY))
+                                         + ", ".join(classes))
     kwargs = {}
-    for part in filter(None, (m.group(2) or "").split(",")):
-        k, _, v = part.partition("=")
-        kwargs[k.strip()] = float(v)
-    return getattr(sg, m.group(1))(**kwargs)
+    try:
+        for part in filter(None, (m.group(2) or "").split(",")):
+            k, _, v = part.partition("=")
+            kwargs[k.strip()] = float(v)
+        return classes[m.group(1)](**kwargs)
+    except (TypeError, ValueError) as exc:
+        cls = classes[m.group(1)]
+        raise argparse.ArgumentTypeError(
+            f"bad surrogate {text!r} ({exc}); write e.g. "
+            f"'{cls.__name__}({', '.join(f'{k}={v}' for k, v in cls.defaults.items())})'") from None
 
 
 def cmd_list(args):
@@ -64,11 +72,20 @@ def cmd_list(args):
         print(f"  {cls.__name__:<18} {cls().key()}: g'(u) = {cls().derivative_expr()}")
 
 
+def _learnable(model, args):
+    learn = tuple(args.learnable or ())
+    unknown = [k for k in learn if k not in model.param_names]
+    if unknown:
+        raise SystemExit(f"neurogen: --learnable names unknown parameter(s) {unknown}; "
+                         f"{model.name}'s parameters are {list(model.param_names)}")
+    return learn
+
+
 def cmd_show(args):
     from .display import backward_text
     model = load_model(args.model)
+    learn = _learnable(model, args)
     print(model)
-    learn = tuple(args.learnable or ())
     print("\nBackward of one step (reverse mode; ng_g_* = gradient w.r.t. a state after reset):")
     print(backward_text(model, args.surrogate, args.detach_reset, learn))
     _, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
@@ -91,7 +108,7 @@ def bw_name(model, s):
 
 
 def _config(model, args):
-    learn = tuple(args.learnable or ())
+    learn = _learnable(model, args)
     return dict(surrogate=args.surrogate, detach_reset=args.detach_reset,
                 store_v_seq=args.store_v_seq, learnable=learn)
 
@@ -99,6 +116,9 @@ def _config(model, args):
 def cmd_emit(args):
     from .codegen import render
     model = load_model(args.model)
+    if args.target == "cpp" and args.dtype not in ("float32", "float64"):
+        raise SystemExit(f"neurogen: the C++ CPU kernels run float32 or float64, not "
+                         f"{args.dtype}; use --target cuda for half types")
     print(render(model, args.target, args.kernel, args.dtype, **_config(model, args)), end="")
 
 
@@ -202,6 +222,13 @@ def main(argv=None):
     except SpecError as exc:
         print(f"neurogen: invalid model: {exc}", file=sys.stderr)
         return 2
+    except BackendUnavailableError as exc:
+        print(f"neurogen: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) closed the pipe: stop quietly, without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Readable text and LaTeX of a model: its step equations and derived backward."""
+import re
+
 import sympy as sp
 
 from .derive import Step
+from .spec.model import spike, spike_d
+from .surrogate import Sigmoid
 
 
 def model_text(model) -> str:
@@ -21,16 +25,100 @@ def model_text(model) -> str:
     return "\n".join(lines)
 
 
+def _spike_names(model):
+    """LaTeX for the two spike symbols: ``s`` and ``s_d`` unless the model uses ``s``."""
+    taken = set(model.state_names) | set(model.param_names) | {model.input_name}
+    s = r"\mathrm{spike}" if "s" in taken else "s"
+    return {spike: s, spike_d: s + "_{d}"}
+
+
 def model_latex(model) -> str:
     """The step equations as a LaTeX ``aligned`` block (for Jupyter)."""
+    names = _spike_names(model)
     rows = []
     for group in ("charge", "adaptation"):
         for s, e in getattr(model, group).items():
-            rows.append(rf"\text{{{group}}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow {sp.latex(e)}")
-    rows.append(rf"\text{{fire}}:\ & s = \Theta\left({sp.latex(model.fire)}\right)")
+            rows.append(rf"\text{{{group}}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
+                        rf"{sp.latex(e, symbol_names=names)}")
+    rows.append(rf"\text{{fire}}:\ & {names[spike]} = \Theta\left({sp.latex(model.fire)}\right)")
     for s, e in model.reset.items():
-        rows.append(rf"\text{{reset}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow {sp.latex(e)}")
+        rows.append(rf"\text{{reset}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
+                    rf"{sp.latex(e, symbol_names=names)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+# Kernel names of the backward (derive.py) -> LaTeX; \bar{q} is dL/dq.
+_BACKWARD_NAMES = [
+    (re.compile(r"ng_gspike"), lambda m, n: r"\bar{%s}^{\mathrm{out}}" % n["spike"]),
+    (re.compile(r"ng_gsp"), lambda m, n: r"\bar{%s}" % n["spike"]),
+    (re.compile(r"ng_gu"), lambda m, n: r"\bar{%s}" % n["u"]),
+    (re.compile(r"ng_gx"), lambda m, n: r"\bar{%s}" % n["x"]),
+    (re.compile(r"ng_g_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{R}}" % _tex(m[1])),
+    (re.compile(r"ng_gV_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{A}}" % _tex(m[1])),
+    (re.compile(r"ng_gB_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{H}}" % _tex(m[1])),
+    (re.compile(r"ng_gP_(\w+)"), lambda m, n: r"\bar{%s}_{t-1}" % _tex(m[1])),
+    (re.compile(r"ng_gp_(\w+)"), lambda m, n: r"\bar{%s}" % _tex(m[1])),
+    (re.compile(r"ng_h_(\w+)"), lambda m, n: r"H_{%s}" % _tex(m[1])),
+    (re.compile(r"ng_a_(\w+)"), lambda m, n: r"A_{%s}" % _tex(m[1])),
+    (re.compile(r"ng_u"), lambda m, n: n["u"]),
+    (re.compile(r"sg_(\w+)"), lambda m, n: r"%s_{\mathrm{sg}}" % _tex(m[1])),
+]
+
+
+def _tex(name):
+    return sp.latex(sp.Symbol(name))
+
+
+def _backward_symbol_names(model, symbols):
+    spikes = _spike_names(model)
+    taken = set(model.state_names) | set(model.param_names)
+    n = {"spike": spikes[spike], "x": _tex(model.input_name),
+         "u": r"u_{\mathrm{fire}}" if "u" in taken else "u"}
+    out = dict(spikes)
+    for sym in symbols:
+        for pattern, tex in _BACKWARD_NAMES:
+            m = pattern.fullmatch(sym.name)
+            if m:
+                out[sym] = tex(m, n)
+                break
+    return out
+
+
+def backward_latex(model, surrogate=None, detach_reset=False, learnable=()) -> str:
+    r"""The derived backward of one step as a LaTeX ``aligned`` block, stage by stage.
+
+    ``\bar{q}`` is the gradient of the loss w.r.t. ``q``; superscripts R, A, H mark a
+    state after reset (from the next step), after adaptation and after charge;
+    ``H_v``, ``A_v`` are the charged and adapted values the forward computed.
+
+    >>> import neurogen as ng
+    >>> r"\bar{x} &= " in backward_latex(ng.neuron.LIFNode.spec)
+    True
+    """
+    from .codegen import derivation
+    surrogate = surrogate if surrogate is not None else Sigmoid()
+    _, bw = derivation(model, surrogate, bool(detach_reset), tuple(learnable))
+    symbols = set().union(*({sym} | e.free_symbols for sym, e in bw.stages))
+    names = _backward_symbol_names(model, symbols)
+    rows = [rf"{names[sym]} &= {sp.latex(e, symbol_names=names)}" for sym, e in bw.stages]
+    return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def model_markdown(model, surrogate=None) -> str:
+    """A short Markdown description with the step and its derived backward in LaTeX."""
+    surrogate = surrogate if surrogate is not None else Sigmoid()
+    states = ", ".join(f"`{s}` (initial `{model.initial[s]}`)" for s in model.state_names)
+    params = ", ".join(f"`{k}={v!r}`" for k, v in model.defaults.items()) or "none"
+    spikes = _spike_names(model)
+    lines = [f"**NeuronModel `{model.name}`**: input `{model.input_name}`, "
+             f"fires on `{model.v_name}`" + (f". {model.doc}" if model.doc else "")]
+    lines += ["", f"- states: {states}", f"- parameters: {params}", "",
+              f"One step (${spikes[spike]}$: the spike; ${spikes[spike_d]}$: the same spike, "
+              "detached when `detach_reset=True`):", "", "$$" + model_latex(model) + "$$", "",
+              f"Derived backward of one step (surrogate `{surrogate.key()}`, reverse mode; "
+              r"$\bar{q} = \partial L / \partial q$; R, A, H: after reset, adaptation, charge):",
+              "", "$$" + backward_latex(model, surrogate) + "$$", ""]
+    return "\n".join(lines)
 
 
 def backward_text(model, surrogate, detach_reset=False, learnable=()) -> str:
@@ -42,4 +130,5 @@ def backward_text(model, surrogate, detach_reset=False, learnable=()) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["model_text", "model_latex", "backward_text", "Step"]
+__all__ = ["model_text", "model_latex", "model_markdown", "backward_text", "backward_latex",
+           "Step"]

@@ -49,11 +49,13 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
     spikes = node(x)
     finals = {s: getattr(node, s) for s in model.state_names}
     g = torch.Generator().manual_seed(seed)
-    w_s = torch.randn(spikes.shape, generator=g, dtype=x.dtype)
-    w_v = torch.randn(spikes.shape, generator=g, dtype=x.dtype)
+    # weights drawn in float64 then cast: the same loss for every dtype
+    w_s = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    w_v = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x.dtype)
     loss = (spikes * w_s).sum() + (node.v_seq * w_v).sum()
     for s in model.state_names:
-        loss = loss + (finals[s] * torch.randn(finals[s].shape, generator=g, dtype=x.dtype)).sum()
+        w_f = torch.randn(finals[s].shape, generator=g, dtype=torch.float64).to(x.dtype)
+        loss = loss + (finals[s] * w_f).sum()
     wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]

@@ -88,10 +88,18 @@ def test_half_kernels_emulated_close_to_float32(dtype, adex):
     # spikes agree except where v lands within half precision of the threshold
     flips = (half["spikes"].float() != full["spikes"]).float().mean().item()
     assert flips < 0.01
-    eps = 1e-2 if dtype == torch.float16 else 8e-2
-    torch.testing.assert_close(half["final_v"].float(), full["final_v"], rtol=eps, atol=eps)
+    # half I/O (and half saved values) with float math: relative error of the whole tensor
+    # at a few units of the type's rounding (fp16 2^-11, bf16 2^-8)
+    eps = 2e-3 if dtype == torch.float16 else 1.5e-2
+    for key in ("final_v", "final_w", "v_seq"):
+        assert rel_err(half[key], full[key]) < eps, key
     if flips == 0:
-        torch.testing.assert_close(half["grad_x"].float(), full["grad_x"], rtol=eps, atol=eps)
+        assert rel_err(half["grad_x"], full["grad_x"]) < 5 * eps
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
 
 
 def test_shim_is_part_of_the_package():

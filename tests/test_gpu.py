@@ -10,7 +10,12 @@ from conftest import assert_match, run_and_grad
 pytestmark = pytest.mark.gpu
 
 # half types: inputs and outputs rounded to 8 (bf16) or 11 (fp16) mantissa bits, float inside
-TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
 
 
 def _to(d, device):
@@ -40,9 +45,9 @@ def test_cuda_low_precision_close_to_float64(dtype, adex):
     flips = (gpu["spikes"].double() != ref["spikes"]).double().mean().item()
     assert flips < 0.01
     tol = TOL[dtype]
-    torch.testing.assert_close(gpu["final_w"].double(), ref["final_w"], rtol=tol, atol=tol)
+    assert rel_err(gpu["final_w"], ref["final_w"]) < tol
     if flips == 0:
-        torch.testing.assert_close(gpu["grad_x"].double(), ref["grad_x"], rtol=tol, atol=tol)
+        assert rel_err(gpu["grad_x"], ref["grad_x"]) < 5 * tol
 
 
 def test_cuda_matches_emulated_cuda_bitwise_float64(adex):

@@ -275,6 +275,11 @@ class NeuronModel:
         from ..display import model_latex
         return "$$" + model_latex(self) + "$$"
 
+    def _repr_markdown_(self):
+        """Jupyter: states, parameters, the step and its derived backward (LaTeX)."""
+        from ..display import model_markdown
+        return model_markdown(self)
+
     # ---- generation and modules (implemented in other modules) ---------------------
     def module(self, **kwargs):
         """A torch module running this model; see :class:`neurogen.module.NeuronModule`."""
