@@ -232,22 +232,20 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
                for s in bw.saved]
     before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
     body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
-    body += [f"compute_t {s};" for s in bw.needs_prev]
-    # Step t reads V[t] (carried in ng_sv_*); V[t-1] is loaded once and carried to step t-1.
-    body.append("if (ng_t > 0) {")
-    body += [f"    ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
+    # Step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1. Branch-free so
+    # the C++ neuron loop vectorises: at t = 0 the load is clamped to a valid address and the
+    # previous states come from the initial ones instead.
+    body.append("const ng_int64 ng_tp = ng_t > 0 ? ng_ti - ng_N : ng_ti;")
+    body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_tp]);" for s in bw.saved]
     prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
     if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
-        body += ["    " + ln for ln in lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])]
-        body.append("    " + lines.spike("ng_pspike", "ng_pu"))
+        body += lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])
+        body.append(lines.spike("ng_pspike", "ng_pu"))
         pspike = sp.Symbol("ng_pspike")
         prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
-    tmp = lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
-    body += ["    " + ln for ln in tmp] + [f"    {s} = ng_prev_{s};" for s in prev]
-    if bw.needs_prev:
-        body.append("} else {")
-        body += [f"    {s} = ng_ld(init_{s}[ng_i]);" for s in bw.needs_prev]
-    body.append("}")
+    body += lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
+    body += [f"const compute_t {s} = ng_t > 0 ? ng_prev_{s} : ng_ld(init_{s}[ng_i]);"
+             for s in prev]
     if bw.needs_x:
         body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
     body += lines.block([(step.B[s], step.charge[s]) for s in bw.needs_h])

@@ -23,7 +23,7 @@ from .errors import BackendUnavailableError, CompileError
 # No OpenMP runtime: a second one beside torch's spins against it. `omp simd` pragmas
 # vectorise the neuron loop; threads come from launch_cpu's pool.
 CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd",
-             "-ffp-contract=off", "-fno-math-errno")
+             "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 _lock = threading.Lock()
 _loaded = {}
 
