@@ -207,6 +207,7 @@ def build_parser():
     q.add_argument("--arch", nargs="+", default=["sm_80", "sm_90"])
     q.add_argument("--dtype", nargs="+", choices=list(DTYPES))
     q.set_defaults(func=cmd_check)
+    sub.add_parser("bench", help="benchmarks beside peers (neurogen bench --help)")
     q = sub.add_parser("demo", help="declare a neuron, show its kernel, train a small SNN")
     q.add_argument("--quick", action="store_true", help="a reduced run (for tests)")
     q.add_argument("--epochs", type=int, default=None)
@@ -216,6 +217,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser: options pass through untouched
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

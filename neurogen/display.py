@@ -105,7 +105,12 @@ def backward_latex(model, surrogate=None, detach_reset=False, learnable=()) -> s
 
 
 def model_markdown(model, surrogate=None) -> str:
-    """A short Markdown description with the step and its derived backward in LaTeX."""
+    """A short Markdown description with the step and its derived backward in LaTeX.
+
+    >>> import neurogen as ng
+    >>> model_markdown(ng.neuron.LIFNode.spec).splitlines()[0]
+    '**NeuronModel `lif_node`**: input `x`, fires on `v`'
+    """
     surrogate = surrogate if surrogate is not None else Sigmoid()
     states = ", ".join(f"`{s}` (initial `{model.initial[s]}`)" for s in model.state_names)
     params = ", ".join(f"`{k}={v!r}`" for k, v in model.defaults.items()) or "none"

@@ -26,6 +26,7 @@ CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp
              "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 _lock = threading.Lock()
 _loaded = {}
+_functions = {}
 
 
 def cache_dir() -> Path:
@@ -37,8 +38,12 @@ def cache_dir() -> Path:
 
 def cxx() -> str:
     """The host C++ compiler command, or raise :class:`BackendUnavailableError`."""
-    name = os.environ.get("CXX", "c++")
-    path = shutil.which(name)
+    return _find_cxx(os.environ.get("CXX", "c++"), os.environ.get("PATH", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _find_cxx(name: str, search_path: str) -> str:
+    path = shutil.which(name, path=search_path)
     if path is None:
         raise BackendUnavailableError(
             f"no C++ compiler found (looked for {name!r}; set $CXX or install g++, e.g. "
@@ -60,7 +65,14 @@ def _cpu_key(source: str, compiler: str, flags) -> str:
 def compile_cpp(source: str, name: str, flags=CPU_FLAGS):
     """Compile (or load from cache) a C++ kernel and return its ctypes function."""
     compiler = cxx()
-    flags = tuple(flags)
+    fast = (source, name, tuple(flags), compiler)
+    if fast in _functions:
+        return _functions[fast]
+    _functions[fast] = fn = _compile_cpp(source, name, tuple(flags), compiler)
+    return fn
+
+
+def _compile_cpp(source, name, flags, compiler):
     key = _cpu_key(source, compiler, flags)
     with _lock:
         if key in _loaded:

@@ -1,0 +1,225 @@
+"""Benchmark suite: neurogen's kernels beside their peers, in one process, same inputs.
+
+``neurogen bench`` (or ``python -m neurogen.bench``). Peers: the plain PyTorch
+loop of the same equations (autograd), SpikingJelly 2.0's neuron (each
+implementation it offers on the device), and ``torch.compile`` of the loop
+(``--compile``, where it compiles). The floor is each workload's minimal bytes
+over the copy bandwidth measured in the same run. Writes a table, a JSON
+file and PNG plots; asserts nothing about speed.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from . import neuron
+from .codegen import derivation, make_config
+
+MODELS = ("LIFNode", "IzhikevichNode", "AdExNode")
+SJ_NAMES = {"LIFNode": "LIFNode", "IzhikevichNode": "IzhikevichNode"}
+
+
+def machine(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def timer(device, repeats):
+    """Median time in ms of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
+    def run(fn):
+        fn()
+        fn()
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    return run
+
+
+def copy_bandwidth(device, measure, nbytes=1 << 28):
+    """Achievable bandwidth (GB/s) of a large device-to-device copy (read + write)."""
+    n = nbytes // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    ms = measure(lambda: dst.copy_(src))
+    return 2 * n * 4 / ms / 1e6
+
+
+def saved_bytes(step, x, grad_out):
+    """Bytes autograd keeps for the backward, minus the input itself (measured by hooks)."""
+    seen = {}
+
+    def pack(t):
+        if t.data_ptr() != x.data_ptr():
+            seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    out.backward(grad_out)
+    return sum(seen.values())
+
+
+def peers(model_name, device, dtype, use_compile):
+    """name -> factory of a fresh module for the workload (neurogen first)."""
+    cls = neuron.LIBRARY[model_name]
+    out = {"neurogen": lambda: cls(step_mode="m", backend="auto"),
+           "torch loop": lambda: cls(step_mode="m", backend="torch")}
+    if use_compile:
+        def compiled():
+            node = cls(step_mode="m", backend="torch")
+            node.forward = torch.compile(node.forward)
+            return node
+        out["torch.compile"] = compiled
+    try:
+        from spikingjelly.activation_based import neuron as sj
+    except ImportError:
+        return out
+    if model_name in SJ_NAMES:
+        out["spikingjelly"] = lambda: getattr(sj, SJ_NAMES[model_name])(step_mode="m")
+    return out
+
+
+def workload_bytes(model, elem, T, N, backward):
+    cfg = make_config(model)
+    _, bw = derivation(model, cfg.surrogate, False, ())
+    per_step = 2 + len(bw.saved)            # x in, spike out, saved out
+    if backward:
+        per_step += 2 + len(bw.saved) + (1 if bw.needs_x else 0)  # grad in, saved in, grad_x out
+    return (per_step * T + 2 * len(model.state_names)) * N * elem, len(bw.saved) * elem
+
+
+def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, Ns=None,
+        dtypes=None, use_compile=False, repeats=None):
+    device = torch.device(device)
+    measure = timer(device, repeats or (3 if quick else 7))
+    if Ts is None:
+        Ts = [8, 32] if quick else [8, 32, 64, 128, 512]
+    if Ns is None:
+        Ns = [1 << 10, 1 << 12] if quick else (
+            [1 << 10, 1 << 14, 1 << 16] if device.type == "cpu" else [1 << 10, 1 << 16, 1 << 20, 1 << 22])
+    if dtypes is None:
+        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
+    bandwidth = copy_bandwidth(device, measure, 1 << 24 if quick else 1 << 28)
+    info = {"machine": machine(device), "device": str(device), "copy_GBps": bandwidth, "rows": []}
+    print(f"neurogen bench on {info['machine']} ({device}); copy bandwidth {bandwidth:.1f} GB/s")
+    header = (f"{'model':<15}{'mode':<8}{'dtype':<9}{'T':>5}{'N':>9}  {'impl':<14}{'ms':>9}"
+              f"{'speed-up':>10}{'of floor':>9}{'saved B/ns':>11}")
+    print(header)
+    for model_name in models:
+        spec = neuron.LIBRARY[model_name].spec
+        for dtype in dtypes:
+            for backward in (False, True):
+                for T in Ts:
+                    for N in Ns:
+                        info["rows"] += _one(spec, model_name, dtype, backward, T, N, device,
+                                             measure, bandwidth, use_compile)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    _plots(info, out)
+    print(f"wrote {out}/bench.json, {out}/time_vs_T.png, {out}/time_vs_N.png")
+    return info
+
+
+def _one(spec, model_name, dtype, backward, T, N, device, measure, bandwidth, use_compile):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.rand(T, N, generator=gen) * 2.0).to(device=device, dtype=dtype)
+    g = torch.rand(T, N, generator=gen).to(device=device, dtype=dtype)
+    elem = x.element_size()
+    nbytes, ours_saved = workload_bytes(spec, elem, T, N, backward)
+    floor_ms = nbytes / bandwidth / 1e6
+    rows, base = [], None
+    for impl, make in peers(model_name, device, dtype, use_compile).items():
+        try:
+            node = make().to(device=device, dtype=dtype) if impl != "neurogen" else make()
+            xin = x.clone().requires_grad_(backward)
+
+            def step():
+                node.reset()
+                return node(xin)
+
+            if backward:
+                fn = lambda: step().backward(g)  # noqa: E731
+            else:
+                def fn():
+                    with torch.no_grad():
+                        step()
+            ms = measure(fn)
+            saved = saved_bytes(step, xin, g) / (T * N) if backward else 0.0
+        except Exception as exc:  # a peer that fails on this workload is reported, not fatal
+            print(f"  {impl}: not run ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+            continue
+        base = base or ms
+        row = dict(model=model_name, mode="fwd+bwd" if backward else "fwd",
+                   dtype=str(dtype).replace("torch.", ""), T=T, N=N, impl=impl, ms=ms,
+                   speedup_of_neurogen=ms / base, floor_ms=floor_ms, fraction_of_floor=floor_ms / ms,
+                   saved_bytes_per_neuron_step=saved)
+        rows.append(row)
+        print(f"{model_name:<15}{row['mode']:<8}{row['dtype']:<9}{T:>5}{N:>9}  {impl:<14}"
+              f"{ms:>9.3f}{row['speedup_of_neurogen']:>9.1f}x{row['fraction_of_floor']:>9.2f}"
+              f"{saved:>11.1f}")
+    return rows
+
+
+def _plots(info, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in info["rows"] if r["mode"] == "fwd+bwd" and r["dtype"] == "float32"]
+    for axis, other, name in (("T", "N", "time_vs_T.png"), ("N", "T", "time_vs_N.png")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if rows:
+            fixed = max(r[other] for r in rows)
+            for model in sorted({r["model"] for r in rows}):
+                for impl in sorted({r["impl"] for r in rows}):
+                    pts = sorted((r[axis], r["ms"]) for r in rows if r["model"] == model and
+                                 r["impl"] == impl and r[other] == fixed)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=f"{model} {impl}")
+            ax.set(xscale="log", yscale="log", xlabel=axis, ylabel="ms (fwd+bwd, float32)",
+                   title=f"{other} = {fixed}, {info['machine'][:60]}")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=100)
+        plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="neurogen bench", description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    p.add_argument("--out", default="bench-output")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(neuron.LIBRARY))
+    p.add_argument("--T", nargs="+", type=int)
+    p.add_argument("--N", nargs="+", type=int)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the loop")
+    args = p.parse_args(argv)
+    run(args.device, args.quick, args.out, args.models, args.T, args.N, use_compile=args.compile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
