@@ -28,7 +28,7 @@ DTYPES = {  # name: (C type of tensors, compute type, load, store)
 TARGETS = ("cuda", "cpp")
 KINDS = ("forward", "backward")
 PARAM_KINDS = ("scalar", "neuron", "shared")
-CPU_BLOCK = 256
+CPU_BLOCK = 2048
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("neurogen", "templates"),
@@ -179,15 +179,32 @@ class _Lines:
         one, zero = self.p(sp.Integer(1)), self.p(sp.Integer(0))
         return f"const compute_t {sym} = ({u} >= {zero}) ? {one} : {zero};"
 
-    def constants(self, model, cfg) -> List[str]:
-        """Parameter loads, then the hoisted invariants (printed last, after all use)."""
-        lines = []
+    def constants(self, model, cfg):
+        """Parameter loads and hoisted invariants (printed last, after all use), split into
+        those the same for every neuron and those that differ per neuron.
+
+        Returns ``(uniform_lines, neuron_lines, neuron_names)``.
+        """
+        uniform, per_neuron, names = [], [], []
+        varying = set()
         for k in model.param_names:
             kind = cfg.kind_of(k)
             src = {"scalar": f"p_{k}", "neuron": f"p_{k}[ng_i]", "shared": f"p_{k}[0]"}[kind]
-            lines.append(f"const compute_t {k} = {src};")
-        lines += [self.const(s, e) for s, e in self.hoister.order]
-        return lines
+            line = f"const compute_t {k} = {src};"
+            if kind == "neuron":
+                varying.add(P(k))
+                per_neuron.append(line)
+                names.append(k)
+            else:
+                uniform.append(line)
+        for sym, expr in self.hoister.order:
+            if expr.free_symbols & varying:
+                varying.add(sym)
+                per_neuron.append(self.const(sym, expr))
+                names.append(str(sym))
+            else:
+                uniform.append(self.const(sym, expr))
+        return uniform, per_neuron, names
 
 
 def _signature(args: List[Arg], target: str) -> List[str]:
@@ -235,7 +252,7 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
     # Step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1. Branch-free so
     # the C++ neuron loop vectorises: at t = 0 the load is clamped to a valid address and the
     # previous states come from the initial ones instead.
-    body.append("const ng_int64 ng_tp = ng_t > 0 ? ng_ti - ng_N : ng_ti;")
+    body.append("const ng_int64 ng_tp = ng_ti - (ng_t > 0 ? ng_N : 0);")
     body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_tp]);" for s in bw.saved]
     prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
     if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
@@ -291,8 +308,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
             model, step, bw, cfg, lines)
     else:
         raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
-    ctx["constants"] = lines.constants(model, cfg)
-    constant_names = list(model.param_names) + [str(s) for s, _ in lines.hoister.order]
+    ctx["uniform_constants"], ctx["constants"], constant_names = lines.constants(model, cfg)
     ctx["constant_names"] = constant_names
     if kind == "forward":
         ctx["carried"] = list(model.state_names) + constant_names
