@@ -162,7 +162,9 @@ def _one(spec, model_name, dtype, backward, T, N, device, measure, bandwidth, us
                 return node(xin)
 
             if backward:
-                fn = lambda: step().backward(g)  # noqa: E731
+                def fn():
+                    xin.grad = None  # as after optimizer.zero_grad(): no accumulation
+                    step().backward(g)
             else:
                 def fn():
                     with torch.no_grad():
