@@ -1,4 +1,4 @@
-"""The ``neurogen`` command: list, show, emit, check, demo."""
+"""The ``neurogen`` command: list, show, emit, check, demo, bench, cache."""
 import argparse
 import importlib.util
 import os
@@ -179,6 +179,17 @@ def cmd_demo(args):
     return run_demo(quick=args.quick, out=args.out, epochs=args.epochs)
 
 
+def cmd_cache(args):
+    from . import runtime
+    if args.action == "path":
+        print(runtime.cache_dir())
+        return 0
+    removed = runtime.clear_cache()
+    print(f"removed {len(removed)} compiled kernel file(s) and build folder(s) from "
+          f"{runtime.cache_dir() / 'cpu'}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="neurogen", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,6 +224,10 @@ def build_parser():
     q.add_argument("--epochs", type=int, default=None)
     q.add_argument("--out", default="neurogen-demo-output", help="folder for the plots")
     q.set_defaults(func=cmd_demo)
+    q = sub.add_parser("cache", help="where compiled CPU kernels live; clear them")
+    q.add_argument("action", choices=["path", "clear"],
+                   help="path: print the cache folder; clear: remove neurogen's compiled kernels")
+    q.set_defaults(func=cmd_cache)
     return p
 
 

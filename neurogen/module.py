@@ -165,6 +165,7 @@ class NeuronModule(nn.Module):
 
     def multi_step_forward(self, x_seq: torch.Tensor, _single: bool = False):
         _check_input(x_seq, min_dim=1)
+        self._check_param_devices(x_seq)
         states = self._states_for(x_seq)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")
@@ -182,6 +183,12 @@ class NeuronModule(nn.Module):
             else:
                 self._memories["v_seq"] = v_seq
         return spike_seq
+
+    def _check_param_devices(self, x):
+        for k, value in self.param_values().items():
+            if isinstance(value, torch.Tensor) and value.device != x.device:
+                raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
+                                 f"{x.device}; move the module with .to(device)")
 
     def _resolve_backend(self, x):
         name = self.backend
@@ -233,9 +240,6 @@ class NeuronModule(nn.Module):
             if not isinstance(value, torch.Tensor):
                 scalars.append((f"p_{k}", value))
                 continue
-            if value.device != x_seq.device:
-                raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
-                                 f"{x_seq.device}; move the module with .to(device)")
             try:
                 torch.broadcast_shapes(value.shape, shape)
             except RuntimeError:

@@ -7,6 +7,7 @@ compiler and flags; it is loaded with ctypes. CUDA: CuPy's ``RawModule``
 on torch's current stream, on torch memory, with no copies. Both launchers
 take their argument order from :func:`neurogen.codegen.kernel_args`.
 """
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -77,25 +78,76 @@ def _compile_cpp(source, name, flags, compiler):
     with _lock:
         if key in _loaded:
             return getattr(_loaded[key], name)
-        folder = cache_dir() / "cpu"
-        folder.mkdir(parents=True, exist_ok=True)
-        lib_path = folder / f"{key}.so"
-        lib = None
-        if lib_path.exists():
-            try:
-                lib = ctypes.CDLL(str(lib_path))
-                getattr(lib, name)
-            except (OSError, AttributeError):
-                lib = None  # a truncated or foreign file is a miss: rebuild it
+        lib_path = cache_dir() / "cpu" / f"{key}.so"
+        lib = _load(lib_path, name, key)
         if lib is None:
-            _build(source, compiler, flags, folder, lib_path)
-            lib = ctypes.CDLL(str(lib_path))
+            lib_path = _writable_folder() / f"{key}.so"
+            _build(source, compiler, flags, lib_path, key)
+            lib = _load(lib_path, name, key)
+            if lib is None:
+                raise CompileError(f"the kernel built at {lib_path} does not load or lacks "
+                                   f"{name!r}; remove the file and retry", source=source)
         _loaded[key] = lib
         return getattr(lib, name)
 
 
-def _build(source, compiler, flags, folder, lib_path):
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+_SEAL = b"\0neurogen-kernel-cache-v1:"
+
+
+def _seal(data: bytes, key: str) -> bytes:
+    # trailing bytes after an ELF image do not disturb dlopen; they let a reader check
+    # the file is whole and ours before mapping it (a truncated .so can SIGBUS on load)
+    return data + _SEAL + key.encode() + hashlib.sha256(data).hexdigest().encode()
+
+
+def _intact(lib_path: Path, key: str) -> bool:
+    try:
+        data = lib_path.read_bytes()
+    except OSError:
+        return False
+    tail = len(_SEAL) + len(key) + 64
+    body, seal = data[:-tail], data[-tail:]
+    return len(data) > tail and seal == _SEAL + key.encode() + hashlib.sha256(body).hexdigest().encode()
+
+
+def _load(lib_path, name, key):
+    """The library at ``lib_path`` if it is a whole neurogen artefact for ``key``, else None
+    (truncated, corrupted, foreign or stale files are a miss, never loaded)."""
+    if not _intact(lib_path, key):
+        return None
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+        getattr(lib, name)
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_fallback = {}
+
+
+def _writable_folder() -> Path:
+    """``cache_dir()/cpu``, or (once warned) a private temporary folder when that one
+    cannot be created or written (read-only home, $NEUROGEN_CACHE_DIR on a read-only mount)."""
+    folder = cache_dir() / "cpu"
+    if folder in _fallback:
+        return _fallback[folder]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".build-"))
+        return folder
+    except OSError as exc:
+        private = Path(tempfile.mkdtemp(prefix="neurogen-cache-"))
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        _fallback[folder] = private
+        warn_once(f"neurogen: cannot write the kernel cache {folder} ({exc.strerror or exc}); "
+                  f"compiling into the private folder {private} for this process. "
+                  "Set $NEUROGEN_CACHE_DIR to a writable folder to keep kernels between runs")
+        return private
+
+
+def _build(source, compiler, flags, lib_path, key):
+    with tempfile.TemporaryDirectory(dir=lib_path.parent, prefix=".build-") as tmp:
         src = Path(tmp) / "kernel.cpp"
         src.write_text(source)
         out = Path(tmp) / "kernel.so"
@@ -104,7 +156,34 @@ def _build(source, compiler, flags, folder, lib_path):
         if proc.returncode != 0:
             raise CompileError(f"the C++ compiler {compiler} failed on a generated kernel",
                                source=source, log=proc.stderr)
+        out.write_bytes(_seal(out.read_bytes(), key))
         os.replace(out, lib_path)  # atomic: readers see the old file or the whole new one
+
+
+def clear_cache():
+    """Remove neurogen's compiled CPU kernels (``cpu/*.so``) and leftover ``cpu/.build-*``
+    folders under :func:`cache_dir`; other files are left alone. Returns the paths removed."""
+    folder = cache_dir() / "cpu"
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".build-") and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.suffix == ".so" and path.is_file() and _is_key(path.stem):
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path)
+    try:
+        folder.rmdir()  # only if nothing else is left in it
+    except OSError:
+        pass
+    return removed
+
+
+def _is_key(stem):
+    return len(stem) == 32 and all(c in "0123456789abcdef" for c in stem)
 
 
 # ---- CUDA ---------------------------------------------------------------------------
