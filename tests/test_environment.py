@@ -1,0 +1,63 @@
+"""Broken environments give typed, actionable errors; 'auto' falls back loudly."""
+import warnings
+
+import pytest
+import torch
+
+import neurogen as ng
+from neurogen import runtime
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-neurogen")
+    runtime._find_cxx.cache_clear()
+    runtime._functions.clear()
+    yield
+    runtime._find_cxx.cache_clear()
+
+
+def test_cpu_backend_without_compiler_raises_with_hint(no_compiler):
+    node = ng.neuron.LIFNode(step_mode="m", backend="cpu")
+    with pytest.raises(ng.BackendUnavailableError, match="C\\+\\+ compiler.*CXX"):
+        node(torch.rand(3, 4))
+
+
+def test_auto_backend_without_compiler_warns_and_falls_back(no_compiler):
+    runtime.warn_once.__defaults__[0].clear()  # forget earlier warnings
+    node = ng.neuron.LIFNode(step_mode="m")
+    x = torch.rand(5, 4) * 3
+    with pytest.warns(RuntimeWarning, match="falling back to the torch backend"):
+        out = node(x)
+    ref = ng.neuron.LIFNode(step_mode="m", backend="torch")(x)
+    assert torch.equal(out, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once
+        node.reset()
+        node(x)
+
+
+def test_cpp_compile_error_has_numbered_source_and_log():
+    with pytest.raises(ng.CompileError) as info:
+        runtime.compile_cpp('extern "C" void f() { this is not C++; }', "f")
+    assert "error" in info.value.log.lower()
+    assert "    1  extern" in str(info.value)
+
+
+def test_cuda_backend_needs_cuda_tensors():
+    node = ng.neuron.LIFNode(step_mode="m", backend="cuda")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        node(torch.rand(2, 3))
+
+
+def test_cupy_missing_is_backend_unavailable(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "cupy" or name.startswith("cupy."):
+            raise ImportError("no cupy")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ng.BackendUnavailableError, match="pip install 'neurogen\\[cuda12\\]'"):
+        runtime._cupy()
