@@ -25,6 +25,10 @@ DTYPES = {  # name: (C type of tensors, compute type, load, store)
     "bfloat16": ("__nv_bfloat16", "float", "__bfloat162float(value)",
                  "__float2bfloat16_rn(value)"),
 }
+# The C++ kernels read bfloat16 as its 16 raw bits (torch's layout) and convert by hand.
+CPP_DTYPES = {"float32": DTYPES["float32"], "float64": DTYPES["float64"],
+              "bfloat16": ("uint16_t", "float", "ng_bf16_to_float(value)",
+                           "ng_float_to_bf16(value)")}
 TARGETS = ("cuda", "cpp")
 KINDS = ("forward", "backward")
 PARAM_KINDS = ("scalar", "neuron", "shared")
@@ -290,9 +294,9 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}")
-    if target == "cpp" and dtype not in ("float32", "float64"):
-        raise ValueError(f"the C++ CPU kernels support float32 and float64, not {dtype}")
-    io_t, compute_t, load, store = DTYPES[dtype]
+    if target == "cpp" and dtype not in CPP_DTYPES:
+        raise ValueError(f"the C++ CPU kernels support {', '.join(CPP_DTYPES)}, not {dtype}")
+    io_t, compute_t, load, store = (CPP_DTYPES if target == "cpp" else DTYPES)[dtype]
     step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
     lines = _Lines(model, compute_t, cfg)
     config_hash = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]

@@ -12,6 +12,7 @@ from .errors import BackendUnavailableError
 from .function import TORCH_DTYPES, MultiStep, Plan
 from .spec.model import NeuronModel
 
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch", "cuda-emulated")
 
 
@@ -200,8 +201,8 @@ class NeuronModule(nn.Module):
                 except BackendUnavailableError as exc:
                     runtime.warn_once(f"neurogen: falling back to the torch backend: {exc}")
                     return "torch"
-            if x.dtype not in (torch.float32, torch.float64):
-                runtime.warn_once(f"neurogen: the CPU kernels run float32/float64, not {x.dtype}; "
+            if x.dtype not in CPU_DTYPES:
+                runtime.warn_once(f"neurogen: the CPU kernels run float32/float64/bfloat16, not {x.dtype}; "
                                   "using the (slower) torch backend")
                 return "torch"
             try:
@@ -213,8 +214,8 @@ class NeuronModule(nn.Module):
         if name == "cpu":
             if x.device.type != "cpu":
                 raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
-            if x.dtype not in (torch.float32, torch.float64):
-                raise TypeError(f"backend='cpu' runs float32 or float64, not {x.dtype}; "
+            if x.dtype not in CPU_DTYPES:
+                raise TypeError(f"backend='cpu' runs float32, float64 or bfloat16, not {x.dtype}; "
                                 "convert the input or use backend='torch'")
         if name == "cuda" and not x.is_cuda:
             raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {x.device}")
