@@ -16,12 +16,19 @@ ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif":
 
 
 def load_model(ref: str):
-    """A library name (``izhikevich``, ``LIFNode``) or ``path/to/file.py:variable``."""
+    """A library name (``izhikevich``), a model file (``adex.json``, ``adex.toml``) or
+    ``path/to/file.py:variable``."""
     from . import neuron
+    from .spec import serialize
     from .spec.model import NeuronModel
     name = ALIASES.get(ref.lower(), ref)
     if name in neuron.LIBRARY:
         return neuron.LIBRARY[name].spec
+    if ref.lower().endswith((".json", ".toml")):
+        try:
+            return serialize.load(ref)
+        except FileNotFoundError:
+            raise SystemExit(f"neurogen: no such file {ref!r}") from None
     if ":" in ref:
         path, var = ref.rsplit(":", 1)
         spec = importlib.util.spec_from_file_location("neurogen_user_model", path)
@@ -38,7 +45,7 @@ def load_model(ref: str):
         return model
     known = ", ".join(sorted(ALIASES) + sorted(neuron.LIBRARY))
     raise SystemExit(f"neurogen: unknown model {ref!r}; library models: {known}; "
-                     "or give path/to/file.py:variable")
+                     "or give a model file (.json, .toml) or path/to/file.py:variable")
 
 
 def _surrogate(text):

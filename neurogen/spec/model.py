@@ -280,6 +280,40 @@ class NeuronModel:
         from ..display import model_markdown
         return model_markdown(self)
 
+    # ---- model files (implemented in serialize.py) ------------------------------------
+    def to_dict(self) -> dict:
+        """Plain data (strings for expressions); ``NeuronModel.from_dict`` reads it back."""
+        from .serialize import to_dict
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "NeuronModel":
+        """The model described by a :meth:`to_dict` dict; equations are parsed, never run."""
+        from .serialize import from_dict
+        return from_dict(d)
+
+    def to_json(self, path=None) -> str:
+        """JSON text of :meth:`to_dict`, also written to ``path`` if given."""
+        from .serialize import to_json
+        return to_json(self, path)
+
+    @classmethod
+    def from_json(cls, path_or_text) -> "NeuronModel":
+        """Load from a ``.json`` path or JSON text."""
+        from .serialize import from_json
+        return from_json(path_or_text)
+
+    def to_toml(self, path=None) -> str:
+        """TOML text of :meth:`to_dict`, also written to ``path`` if given."""
+        from .serialize import to_toml
+        return to_toml(self, path)
+
+    @classmethod
+    def from_toml(cls, path_or_text) -> "NeuronModel":
+        """Load from a ``.toml`` path or TOML text (needs Python 3.11+ or ``tomli``)."""
+        from .serialize import from_toml
+        return from_toml(path_or_text)
+
     # ---- generation and modules (implemented in other modules) ---------------------
     def module(self, **kwargs):
         """A torch module running this model; see :class:`neurogen.module.NeuronModule`."""

@@ -228,9 +228,9 @@ def from_toml(source):
 
 def load(path):
     """Load a model file by extension: ``.json`` or ``.toml``."""
-    ext = os.path.splitext(str(path))[1].lower()
+    ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".json":
-        return from_json(os.fspath(path) if not isinstance(path, str) else path)
+        return from_json(os.fspath(path))
     if ext == ".toml":
-        return from_toml(path if isinstance(path, str) else os.fspath(path))
+        return from_toml(os.fspath(path))
     raise SpecError(f"model file {path!r}: expected a .json or .toml file")
