@@ -21,8 +21,17 @@ def evaluate(expr, env, like: torch.Tensor):
     if isinstance(expr, sp.Piecewise):
         out = evaluate(expr.args[-1].expr, env, like)
         for branch, cond in reversed(expr.args[:-1]):
-            out = torch.where(evaluate(cond, env, like), _t(evaluate(branch, env, like), like),
-                              _t(out, like))
+            c = evaluate(cond, env, like)
+            if isinstance(c, bool):  # a condition on float parameters: pick the branch
+                out = evaluate(branch, env, like) if c else out
+            else:
+                out = torch.where(c, _t(evaluate(branch, env, like), like), _t(out, like))
+        return out
+    if isinstance(expr, (sp.And, sp.Or)):
+        parts = [evaluate(a, env, like) for a in expr.args]
+        out = parts[0]
+        for p in parts[1:]:
+            out = (out and p) if isinstance(expr, sp.And) else (out or p)
         return out
     args = [evaluate(a, env, like) for a in expr.args]
     if isinstance(expr, sp.Add):
@@ -58,7 +67,9 @@ def evaluate(expr, env, like: torch.Tensor):
         return out
     if expr.is_Relational:
         lhs, rhs = args
-        return {"<": lhs < rhs, "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs}[expr.rel_op]
+        ops = {"<": lambda: lhs < rhs, "<=": lambda: lhs <= rhs, ">": lambda: lhs > rhs,
+               ">=": lambda: lhs >= rhs, "==": lambda: lhs == rhs, "!=": lambda: lhs != rhs}
+        return ops[expr.rel_op]()
     raise TypeError(f"the reference backend cannot evaluate {func.__name__}")
 
 

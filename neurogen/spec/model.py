@@ -68,6 +68,21 @@ def _to_expr(value, where) -> sp.Expr:
     return expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
 
 
+def _nodes_outside_parameter_branches(expr, params):
+    """Every node, except that a Piecewise whose conditions read parameters only (a branch
+    fixed for a whole run, as ``from_ode`` emits for singular propagators) is entered
+    through its branch values and its conditions are skipped."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, sp.Piecewise) and all(
+                {s.name for s in cond.free_symbols} <= params for _, cond in node.args):
+            stack.extend(value for value, _ in node.args)
+            continue
+        yield node
+        stack.extend(node.args)
+
+
 class NeuronModel:
     """A spiking neuron declared by its step equations.
 
@@ -207,7 +222,7 @@ class NeuronModel:
     def _check_expr(self, expr, allowed, where, group):
         self._check_symbols(expr, allowed, where,
                             f"known: states, parameters and the input {self.input_name!r}")
-        for node in sp.preorder_traversal(expr):
+        for node in _nodes_outside_parameter_branches(expr, set(self.param_names)):
             if isinstance(node, NON_DIFFERENTIABLE):
                 raise SpecError(f"{where} uses {type(node).__name__}, which is not differentiable; "
                                 "the backward pass differentiates every equation. Use a smooth "
@@ -313,6 +328,15 @@ class NeuronModel:
         """Load from a ``.toml`` path or TOML text (needs Python 3.11+ or ``tomli``)."""
         from .serialize import from_toml
         return from_toml(path_or_text)
+
+    @classmethod
+    def from_ode(cls, name, states, ode, params=None, fire=None, reset=None, dt=1.0,
+                 method="auto", input="x", doc=""):
+        """A model from ``d(state)/dt`` right-hand sides, discretised over a step of ``dt``
+        (a parameter). See :func:`neurogen.spec.ode.from_ode` for the methods."""
+        from .ode import from_ode
+        return from_ode(name, states, ode, params=params, fire=fire, reset=reset, dt=dt,
+                        method=method, input=input, doc=doc)
 
     # ---- generation and modules (implemented in other modules) ---------------------
     def module(self, **kwargs):
