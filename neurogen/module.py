@@ -124,6 +124,26 @@ class NeuronModule(nn.Module):
         self._memories["v_seq"] = None
         self.__dict__["_v_list"] = []
 
+    def detach(self):
+        """Cut the states from the autograd graph (truncated BPTT; SJ's ``detach_net``)."""
+        self._memories.update(_detached(self._memories))
+        self.__dict__["_v_list"] = [v.detach() for v in self._v_list]
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .double() / .cuda() move the states too, as they do in SpikingJelly
+        for k, v in self._memories.items():
+            if isinstance(v, torch.Tensor):
+                self._memories[k] = fn(v)
+        self.__dict__["_v_list"] = [fn(v) for v in self._v_list]
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        # deepcopy/pickle: states carry no autograd graph (torch cannot copy a non-leaf tensor)
+        state = super().__getstate__()
+        state["_memories"] = _detached(state["_memories"], graph_only=True)
+        state["_v_list"] = [v if v.grad_fn is None else v.detach() for v in state["_v_list"]]
+        return state
+
     def _initial_states(self, like: torch.Tensor, shape):
         params = {k: (v.to(like.dtype) if isinstance(v, torch.Tensor) else v)
                   for k, v in self.param_values().items()}
@@ -282,6 +302,12 @@ class NeuronModule(nn.Module):
                   f"backend={self.backend}", f"store_v_seq={self.store_v_seq}",
                   f"surrogate_function={self.surrogate_function!r}"]
         return ", ".join(parts)
+
+
+def _detached(memories, graph_only=False):
+    """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""
+    return {k: (v.detach() if isinstance(v, torch.Tensor) and not (graph_only and v.grad_fn is None)
+                else v) for k, v in memories.items()}
 
 
 def _check_input(x, min_dim):

@@ -31,8 +31,9 @@ class _ReadablePrinter(StrPrinter):
 
 def _atom(expr):
     text = _exact_text(expr)
-    return text if (expr.is_Symbol or (expr.is_Number and expr >= 0 and expr.is_Integer)
-                    or isinstance(expr, sp.Function)) else f"({text})"
+    bare = (expr.is_Symbol or isinstance(expr, sp.Function)
+            or ((expr.is_Integer or expr.is_Float) and expr >= 0))
+    return text if bare else f"({text})"
 
 
 def _exact_text(expr):
@@ -64,8 +65,7 @@ def _exact_text(expr):
 def expr_text(expr, where="expression") -> str:
     """Text of ``expr`` that :func:`parse_expr` reads back into the identical tree.
 
-    >>> import sympy as sp
-    >>> expr_text(sp.sympify("v + (x - v) / tau"))
+    >>> expr_text(parse_expr("v + (x - v) / tau"))
     'v + (-v + x)/tau'
     """
     want = sp.srepr(expr)
@@ -160,8 +160,8 @@ def to_json(model, path=None) -> str:
 
 
 def from_json(source):
-    """Load a model from a JSON file path or JSON text (text starts with ``{``)."""
-    text = _read(source, lambda s: s.lstrip().startswith("{"))
+    """Load a model from a JSON file path or JSON text (text starts with ``{`` or ``[``)."""
+    text = _read(source, lambda s: s.lstrip()[:1] in ("{", "[") or "\n" in s)
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -216,8 +216,8 @@ def _tomllib():
 
 
 def from_toml(source):
-    """Load a model from a TOML file path or TOML text (text has a newline)."""
-    text = _read(source, lambda s: "\n" in s)
+    """Load a model from a TOML file path or TOML text (text has a newline or ``=``)."""
+    text = _read(source, lambda s: "\n" in s or "=" in s)
     toml = _tomllib()
     try:
         d = toml.loads(text)
