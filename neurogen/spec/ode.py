@@ -156,9 +156,19 @@ def _conditioned(expr, variables):
         if coeff.free_symbols & set(variables):
             return expr  # not linear in the variables: leave as is
         rest = rest - coeff * v
-        terms.append(sp.factor(sp.together(sp.powsimp(coeff, combine="exp"))) * v)
-    rest = sp.factor(sp.together(sp.powsimp(sp.expand(rest), combine="exp")))
-    return sp.Add(*terms, rest)
+        terms.append(_one_fraction(coeff) * v)
+    return sp.Add(*terms, _one_fraction(sp.expand(rest)))
+
+
+def _one_fraction(coeff):
+    """``numerator / denominator`` with the exponentials moved into the numerator and
+    merged, so every exponent is <= 0 for positive time constants (no overflow)."""
+    num, den = sp.fraction(sp.factor(sp.together(sp.powsimp(coeff, combine="exp"))))
+    exps = [f for f in sp.Mul.make_args(den) if isinstance(f, sp.exp) or
+            (f.is_Pow and isinstance(f.base, sp.exp))]
+    rest = sp.Mul(*[f for f in sp.Mul.make_args(den) if f not in exps])
+    num = sp.powsimp(sp.expand(num / sp.Mul(*exps)), combine="exp")
+    return sp.factor_terms(num) / rest
 
 
 def _singular_relations(exprs):
