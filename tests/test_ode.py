@@ -145,3 +145,24 @@ def test_auto_prefers_exact_and_ode_models_show_in_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "neurogen", "show", f"{f}:m"],
                          capture_output=True, text=True, check=True).stdout
     assert "exp(-dt/tau)" in out and "dt=0.5" in out
+
+
+def test_models_with_a_singular_branch_round_trip_through_model_files():
+    model = cuba_ode()
+    for text, load in ((model.to_json(), ng.NeuronModel.from_json),
+                       (model.to_toml(), ng.NeuronModel.from_toml)):
+        again = load(text)
+        assert again.spec_hash == model.spec_hash
+        for kind in ("forward", "backward"):
+            assert again.cuda_source(kind) == model.cuda_source(kind)
+
+
+def test_where_branches_parse_on_parameters_only():
+    expr = ng.parse_expr("where(tau_c == tau_v and a > 0, x, 2 * x)")
+    assert isinstance(expr, ng.spec.model.sp.Piecewise)
+    for bad in ("v + (x > 1)", "where(v, 1, 2)", "where(v > 1, 1)", "where(v > 1, 1, 2, 3)"):
+        with pytest.raises(ng.SpecError):
+            ng.parse_expr(bad)
+    with pytest.raises(ng.SpecError, match="Piecewise, which is not differentiable"):
+        ng.NeuronModel("bad", states={"v": 0.0}, params={"t": 1.0},
+                       charge={"v": "where(v > 1, x, 0)"}, fire="v - 1")

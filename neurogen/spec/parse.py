@@ -21,6 +21,8 @@ _BINOPS = {
     ast.Pow: lambda a, b: a ** b,
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
+_COMPARE = {ast.Eq: sp.Eq, ast.NotEq: sp.Ne, ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt,
+            ast.GtE: sp.Ge}
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
 MAX_POWER_BITS = 10_000
@@ -100,9 +102,26 @@ class _Builder:
         return sp.Symbol(ident)
 
     def call(self, node):
+        if isinstance(node.func, ast.Name) and node.func.id == "where":
+            return self.branch(node)
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             func = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
             self.fail(f"calling {func!r}")
         if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
             self.fail(f"calling {node.func.id!r} with other than one positional argument")
         return FUNCTIONS[node.func.id](self.build(node.args[0]))
+
+    def branch(self, node):
+        """``where(condition, a, b)``: a branch (allowed on parameters only, see validation)."""
+        if node.keywords or len(node.args) != 3 or any(isinstance(a, ast.Starred) for a in node.args):
+            self.fail("calling 'where' with other than (condition, value, value)")
+        cond, a, b = node.args
+        return sp.Piecewise((self.build(a), self.condition(cond)), (self.build(b), True))
+
+    def condition(self, node):
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, (ast.And, ast.Or)):
+            parts = [self.condition(v) for v in node.values]
+            return sp.And(*parts) if isinstance(node.op, ast.And) else sp.Or(*parts)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE:
+            return _COMPARE[type(node.ops[0])](self.build(node.left), self.build(node.comparators[0]))
+        self.fail(f"the condition syntax {type(node).__name__} (use one comparison, and/or)")

@@ -56,6 +56,16 @@ def _exact_text(expr):
         return " * ".join(_atom(a) for a in args)
     if expr.is_Pow:
         return f"{_atom(expr.base)}**{_atom(expr.exp)}"
+    if isinstance(expr, sp.Piecewise):
+        (value, cond), rest = expr.args[0], expr.args[1:]
+        other = rest[0].expr if len(rest) == 1 and rest[0].cond == True else sp.Piecewise(*rest)  # noqa: E712
+        return f"where({_exact_text(cond)}, {_exact_text(value)}, {_exact_text(other)})"
+    if isinstance(expr, (sp.And, sp.Or)):
+        word = " and " if isinstance(expr, sp.And) else " or "
+        return word.join(f"({_exact_text(a)})" for a in expr.args)
+    if expr.is_Relational:
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"{_atom(expr.lhs)} {op} {_atom(expr.rhs)}"
     name = type(expr).__name__
     if isinstance(expr, sp.Function) and FUNCTIONS.get(name) is type(expr):
         return f"{name}({_exact_text(expr.args[0])})"
