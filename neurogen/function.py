@@ -41,6 +41,10 @@ class Plan:
     scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
     tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
 
+    def backward_info(self):
+        return derivation(self.model, self.cfg.surrogate, self.cfg.detach_reset,
+                          self.cfg.learnable)[1]
+
     @property
     def compute(self) -> str:
         return "double" if self.dtype == "float64" else "float"
@@ -59,80 +63,91 @@ class Plan:
             runtime.launch_cuda(fn, packed, n, device)
 
 
+def run_forward(plan: Plan, x_seq, tensors):
+    """Run the forward kernel. ``tensors``: initial states [N] then parameter tensors.
+
+    Returns ``(outputs, saved)``: ``[spike_seq, v_seq (or empty), *final states]`` and the
+    per-step values the backward reads (empty when ``plan.cfg.save`` is off)."""
+    model, cfg = plan.model, plan.cfg
+    states = model.state_names
+    inits = dict(zip(states, tensors[:len(states)]))
+    params = dict(zip(plan.tensor_params, tensors[len(states):]))
+    bw = plan.backward_info()
+    T, N = x_seq.shape
+    values = {"x_seq": x_seq, "ng_T": T, "ng_N": N}
+    values.update({f"init_{s}": t for s, t in inits.items()})
+    values.update({f"p_{k}": t for k, t in params.items()})
+    spike_seq = torch.empty_like(x_seq)
+    v_seq = torch.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
+    finals = [torch.empty_like(inits[s]) for s in states]
+    saved = [torch.empty_like(x_seq) for _ in bw.saved] if cfg.save else []
+    values.update(spike_seq=spike_seq, v_seq=v_seq)
+    values.update({f"final_{s}": f for s, f in zip(states, finals)})
+    values.update({f"saved_{s}": t for s, t in zip(bw.saved, saved)})
+    plan.launch("forward", cfg, values, N, x_seq.device)
+    return [spike_seq, v_seq, *finals], saved
+
+
+def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
+    """Run the backward kernel; ``None`` gradients count as zeros.
+
+    Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or None])``."""
+    model, bw = plan.model, plan.backward_info()
+    states = model.state_names
+    inits = dict(zip(states, tensors[:len(states)]))
+    params = dict(zip(plan.tensor_params, tensors[len(states):]))
+    T, N = x_seq.shape
+    io = dict(dtype=x_seq.dtype, device=x_seq.device)
+    use_vseq = plan.cfg.store_v_seq and g_vseq is not None
+    cfg = dataclasses.replace(plan.cfg, grad_v_seq=use_vseq)
+    zeros_n = torch.zeros(N, **io)
+    values = {"ng_T": T, "ng_N": N,
+              "grad_spike_seq": (g_spike.contiguous() if g_spike is not None
+                                 else torch.zeros(T, N, **io))}
+    if use_vseq:
+        values["grad_v_seq"] = g_vseq.contiguous()
+    values.update({f"grad_final_{s}": (g.contiguous() if g is not None else zeros_n)
+                   for s, g in zip(states, g_finals)})
+    values.update({f"saved_{s}": t for s, t in zip(bw.saved, saved)})
+    values["x_seq"] = x_seq
+    values.update({f"init_{s}": inits[s] for s in bw.needs_prev})
+    values.update({f"p_{k}": t for k, t in params.items()})
+    grad_x = torch.empty(T, N, **io)
+    grad_init = {s: torch.empty(N, **io) for s in states}
+    compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
+    grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"]) for k in cfg.learnable}
+    values["grad_x_seq"] = grad_x
+    values.update({f"grad_init_{s}": g for s, g in grad_init.items()})
+    values.update({f"grad_p_{k}": g for k, g in grad_p.items()})
+    plan.launch("backward", cfg, values, N, io["device"])
+    param_grads = []
+    for k in plan.tensor_params:
+        if k not in grad_p:
+            param_grads.append(None)
+        elif plan.cfg.kind_of(k) == "shared":
+            param_grads.append(grad_p[k].sum().reshape(params[k].shape))
+        else:
+            param_grads.append(grad_p[k])
+    return grad_x, [grad_init[s] for s in states], param_grads
+
+
 class MultiStep(torch.autograd.Function):
     """``forward(plan, x_seq [T, N], *inits [N], *param tensors)``."""
 
     @staticmethod
     def forward(ctx, plan: Plan, x_seq, *tensors):
-        model, cfg = plan.model, plan.cfg
-        states = model.state_names
-        inits = dict(zip(states, tensors[:len(states)]))
-        params = dict(zip(plan.tensor_params, tensors[len(states):]))
-        _, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
-        T, N = x_seq.shape
-        values = {"x_seq": x_seq, "ng_T": T, "ng_N": N}
-        values.update({f"init_{s}": t for s, t in inits.items()})
-        values.update({f"p_{k}": t for k, t in params.items()})
-        spike_seq = torch.empty_like(x_seq)
-        v_seq = torch.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
-        finals = [torch.empty_like(inits[s]) for s in states]
-        saved = {s: torch.empty_like(x_seq) for s in bw.saved} if cfg.save else {}
-        values.update(spike_seq=spike_seq, v_seq=v_seq)
-        values.update({f"final_{s}": f for s, f in zip(states, finals)})
-        values.update({f"saved_{s}": t for s, t in saved.items()})
-        plan.launch("forward", cfg, values, N, x_seq.device)
-        if cfg.save:
-            keep = [x_seq if bw.needs_x else None] + [saved[s] for s in bw.saved]
-            keep += [inits[s] for s in bw.needs_prev] + [params[k] for k in plan.tensor_params]
-            ctx.save_for_backward(*[k for k in keep if k is not None])
-            ctx.plan, ctx.bw = plan, bw
-            ctx.shape, ctx.io = (T, N), (x_seq.dtype, x_seq.device)
-        if not cfg.store_v_seq:
-            ctx.mark_non_differentiable(v_seq)
-        return (spike_seq, v_seq, *finals)
+        outputs, saved = run_forward(plan, x_seq, tensors)
+        if plan.cfg.save:
+            ctx.save_for_backward(x_seq, *tensors, *saved)
+            ctx.plan, ctx.n_tensors = plan, len(tensors)
+        if not plan.cfg.store_v_seq:
+            ctx.mark_non_differentiable(outputs[1])
+        return tuple(outputs)
 
     @staticmethod
     def backward(ctx, g_spike, g_vseq, *g_finals):
-        plan, bw = ctx.plan, ctx.bw
-        model = plan.model
-        states = model.state_names
-        saved_tensors = list(ctx.saved_tensors)
-        x_seq = saved_tensors.pop(0) if bw.needs_x else None
-        saved = {s: saved_tensors.pop(0) for s in bw.saved}
-        inits = {s: saved_tensors.pop(0) for s in bw.needs_prev}
-        params = {k: saved_tensors.pop(0) for k in plan.tensor_params}
-        T, N = ctx.shape
-        io = dict(dtype=ctx.io[0], device=ctx.io[1])
-        use_vseq = plan.cfg.store_v_seq and g_vseq is not None
-        cfg = dataclasses.replace(plan.cfg, grad_v_seq=use_vseq)
-        zeros_n = torch.zeros(N, **io)
-        values = {"ng_T": T, "ng_N": N,
-                  "grad_spike_seq": (g_spike.contiguous() if g_spike is not None
-                                     else torch.zeros(T, N, **io))}
-        if use_vseq:
-            values["grad_v_seq"] = g_vseq.contiguous()
-        values.update({f"grad_final_{s}": (g.contiguous() if g is not None else zeros_n)
-                       for s, g in zip(states, g_finals)})
-        values.update({f"saved_{s}": t for s, t in saved.items()})
-        if x_seq is not None:
-            values["x_seq"] = x_seq
-        values.update({f"init_{s}": t for s, t in inits.items()})
-        values.update({f"p_{k}": t for k, t in params.items()})
-        grad_x = torch.empty(T, N, **io)
-        grad_init = {s: torch.empty(N, **io) for s in states}
-        compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
-        grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"])
-                  for k in cfg.learnable}
-        values["grad_x_seq"] = grad_x
-        values.update({f"grad_init_{s}": g for s, g in grad_init.items()})
-        values.update({f"grad_p_{k}": g for k, g in grad_p.items()})
-        plan.launch("backward", cfg, values, N, io["device"])
-        param_grads = []
-        for k in plan.tensor_params:
-            if k not in grad_p:
-                param_grads.append(None)
-            elif plan.cfg.kind_of(k) == "shared":
-                param_grads.append(grad_p[k].sum().reshape(params[k].shape))
-            else:
-                param_grads.append(grad_p[k])
-        return (None, grad_x, *[grad_init[s] for s in states], *param_grads)
+        x_seq, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        grad_x, grad_inits, param_grads = run_backward(ctx.plan, x_seq, tensors, saved,
+                                                       g_spike, g_vseq, g_finals)
+        return (None, grad_x, *grad_inits, *param_grads)

@@ -190,7 +190,7 @@ class NeuronModule(nn.Module):
         states = self._states_for(x_seq)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")
-        backend = self._resolve_backend(x_seq)
+        backend = _backend_when_compiling(self, x_seq) if _compiling() else self._resolve_backend(x_seq)
         if backend == "torch":
             spike_seq, v_seq, finals = self._run_reference(x_seq, states)
         else:
@@ -281,19 +281,31 @@ class NeuronModule(nn.Module):
                 learnable.append(k)
         needs_grad = torch.is_grad_enabled() and (
             x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
-        cfg = make_config(model, surrogate=self.surrogate_function, detach_reset=self.detach_reset,
-                          store_v_seq=self.store_v_seq, save=needs_grad,
-                          learnable=tuple(learnable) if needs_grad else (),
-                          param_kinds=tuple(kinds.items()))
-        scalars += list(self.surrogate_function.kernel_values().items())
-        plan = Plan(model=model, backend=backend, dtype=dtype, cfg=cfg, scalars=tuple(scalars),
-                    tensor_params=tuple(tensor_params))
         inits = [states[s].reshape(N).contiguous() for s in model.state_names]
-        out = MultiStep.apply(plan, x_seq.reshape(T, N).contiguous(), *inits, *tensors)
-        spike_seq, v_seq, finals = out[0], out[1], out[2:]
+        x2d = x_seq.reshape(T, N).contiguous()
+        if _compiling():
+            # torch.compile: one custom op per call; the plan is built outside the graph
+            key, values = _compiled_plan(self, backend, dtype, tuple(kinds.items()),
+                                         tuple(learnable) if needs_grad else (), needs_grad,
+                                         tuple(tensor_params), tuple(scalars))
+            out = torch.ops.neurogen.multistep(key, x2d, inits + tensors, list(values))
+        else:
+            plan = self._plan(backend, dtype, kinds, learnable, needs_grad, tensor_params,
+                              scalars)
+            out = MultiStep.apply(plan, x2d, *inits, *tensors)
+        spike_seq, v_seq, finals = out[0], out[1], out[2:2 + len(model.state_names)]
         finals = {s: f.view(shape) for s, f in zip(model.state_names, finals)}
         v_seq = v_seq.view(x_seq.shape) if self.store_v_seq else None
         return spike_seq.view(x_seq.shape), v_seq, finals
+
+    def _plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
+        cfg = make_config(self.model, surrogate=self.surrogate_function,
+                          detach_reset=self.detach_reset, store_v_seq=self.store_v_seq,
+                          save=needs_grad, learnable=tuple(learnable) if needs_grad else (),
+                          param_kinds=tuple(dict(kinds).items()))
+        scalars = list(scalars) + list(self.surrogate_function.kernel_values().items())
+        return Plan(model=self.model, backend=backend, dtype=dtype, cfg=cfg,
+                    scalars=tuple(scalars), tensor_params=tuple(tensor_params))
 
     def extra_repr(self):
         parts = [f"{k}={v if not isinstance(v, torch.Tensor) else tuple(v.shape)}"
@@ -308,6 +320,32 @@ def _detached(memories, graph_only=False):
     """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""
     return {k: (v.detach() if isinstance(v, torch.Tensor) and not (graph_only and v.grad_fn is None)
                 else v) for k, v in memories.items()}
+
+
+def _compiling():
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling")
+                and compiler.is_compiling())
+
+
+def _constant_result(fn):
+    dynamo = getattr(torch, "_dynamo", None)
+    return dynamo.assume_constant_result(fn) if hasattr(dynamo, "assume_constant_result") else fn
+
+
+@_constant_result
+def _backend_when_compiling(module, x):
+    return module._resolve_backend(x)
+
+
+@_constant_result
+def _compiled_plan(module, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
+    """(key of the registered plan, scalar argument values); run once while tracing."""
+    from . import ops
+    if not ops.AVAILABLE:
+        raise RuntimeError("torch.compile of neurogen neurons needs torch >= 2.4 (custom ops)")
+    plan = module._plan(backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars)
+    return ops.register(plan), tuple(float(v) for _, v in plan.scalars)
 
 
 def _check_input(x, min_dim):
