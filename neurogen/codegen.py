@@ -211,7 +211,7 @@ class _Lines:
         return uniform, per_neuron, names
 
 
-def _signature(args: List[Arg], target: str) -> List[str]:
+def _signature(args: List[Arg]) -> List[str]:
     out = []
     for a in args:
         if a.role in ("in", "out"):
@@ -303,7 +303,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
     name = f"ng_{model.name}_{kind}_{dtype}_{config_hash}"
     ctx = dict(model=model.name, spec_hash=model.spec_hash, config_hash=config_hash,
                target=target, io_t=io_t, compute_t=compute_t, load_io=load, store_io=store,
-               name=name, signature=_signature(kernel_args(model, kind, cfg), target),
+               name=name, signature=_signature(kernel_args(model, kind, cfg)),
                states=list(model.state_names), block=CPU_BLOCK)
     if kind == "forward":
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)

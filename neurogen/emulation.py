@@ -27,7 +27,7 @@ def emulated_source(ir, model, cfg) -> str:
     """Shim + the emitted CUDA source (byte for byte) + a serial grid launcher."""
     args = kernel_args(model, ir.kind, cfg)
     launcher = _env.get_template("cuda_emulation_launch.j2").render(
-        name=ir.name, signature=_signature(args, "cuda"), arg_names=[a.name for a in args])
+        name=ir.name, signature=_signature(args), arg_names=[a.name for a in args])
     return shim() + render_ir(ir) + launcher
 
 

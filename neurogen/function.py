@@ -20,10 +20,15 @@ def kernel_source(model: NeuronModel, target: str, kind: str, dtype: str, cfg: K
     return ir.name, render_ir(ir)
 
 
+@functools.lru_cache(maxsize=512)
+def _emulated_kernel(model, kind, dtype, cfg):
+    from .emulation import compile_emulated
+    return compile_emulated(build_ir(model, "cuda", kind, dtype, cfg), model, cfg)
+
+
 def get_kernel(model, backend, kind, dtype, cfg, device):
     if backend == "cuda-emulated":
-        from .emulation import compile_emulated
-        return compile_emulated(build_ir(model, "cuda", kind, dtype, cfg), model, cfg)
+        return _emulated_kernel(model, kind, dtype, cfg)
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
