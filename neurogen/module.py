@@ -329,8 +329,10 @@ def _compiling():
 
 
 def _constant_result(fn):
-    dynamo = getattr(torch, "_dynamo", None)
-    return dynamo.assume_constant_result(fn) if hasattr(dynamo, "assume_constant_result") else fn
+    # What torch._dynamo.assume_constant_result does; set directly so that importing
+    # neurogen does not import dynamo (over a second).
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 @_constant_result

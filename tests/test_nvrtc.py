@@ -45,3 +45,16 @@ def test_compile_error_carries_source_and_log():
     err = info.value
     assert "undefined_thing" in err.log
     assert "    1  extern" in str(err)
+
+
+@pytest.mark.skipif(__import__("shutil").which("ptxas") is None, reason="ptxas not installed")
+def test_neurogen_check_reports_no_spills_for_any_library_kernel():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "neurogen", "check", "--arch", "sm_80", "sm_90"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
+    assert len(rows) == len(LIBRARY) * len(DTYPES) * 2 * 2   # models x dtypes x kinds x archs
+    for row in rows:
+        assert "registers" in row and "spill 0 B" in row, row
