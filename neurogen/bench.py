@@ -9,7 +9,6 @@ file and PNG plots; asserts nothing about speed.
 """
 import argparse
 import json
-import math
 import os
 import platform
 import statistics

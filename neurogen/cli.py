@@ -7,7 +7,7 @@ import sys
 import time
 
 from . import surrogate as sg
-from .codegen import DTYPES, KINDS, TARGETS, derivation, kernel_args, make_config
+from .codegen import DTYPES, KINDS, TARGETS, derivation, make_config
 from .errors import BackendUnavailableError, CompileError, SpecError
 
 ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif": "QIFNode",

@@ -3,7 +3,6 @@ import re
 
 import sympy as sp
 
-from .derive import Step
 from .spec.model import spike, spike_d
 from .surrogate import Sigmoid
 
@@ -135,5 +134,4 @@ def backward_text(model, surrogate, detach_reset=False, learnable=()) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["model_text", "model_latex", "model_markdown", "backward_text", "backward_latex",
-           "Step"]
+__all__ = ["model_text", "model_latex", "model_markdown", "backward_text", "backward_latex"]

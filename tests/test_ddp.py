@@ -1,5 +1,4 @@
 """Two-process DistributedDataParallel (gloo, CPU kernels) equals one process."""
-import os
 import socket
 
 import torch

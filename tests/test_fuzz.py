@@ -5,7 +5,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import neurogen as ng
 
 from conftest import assert_match, needs_cxx, run_and_grad
 from strategies import models
