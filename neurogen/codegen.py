@@ -245,28 +245,59 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
     return out
 
 
-def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
+def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, target: str):
+    """Lines before, inside and after the backward time loop.
+
+    Returns ``(before, body, body_first, after, carried)``. CUDA runs ``body`` for every t
+    (the ``t > 0`` choice is uniform across a warp). The C++ loop runs ``body`` for
+    t = T-1 .. 1 and ``body_first`` for t = 0, so the vectorised neuron loop has no
+    per-element choice between the saved and the initial states (GCC turned that choice
+    into masked loads and blends: about a quarter of the backward's time)."""
     states = model.state_names
-    sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
     before = [f"compute_t ng_g_{s} = ng_ld(grad_final_{s}[ng_i]);" for s in states]
     before += [f"compute_t ng_sv_{s} = ng_ld(saved_{s}[(ng_int64)(ng_T - 1) * ng_N + ng_i]);"
                for s in bw.saved]
     before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
+    if target == "cuda":
+        body, body_first = _backward_body(model, step, bw, cfg, lines, "any"), []
+    else:
+        body = _backward_body(model, step, bw, cfg, lines, "inner")
+        body_first = _backward_body(model, step, bw, cfg, lines, "first")
+    after = [f"grad_init_{s}[ng_i] = ng_io(ng_g_{s});" for s in states]
+    after += [f"grad_p_{k}[ng_i] = ng_acc_{k};" for k in bw.learnable]
+    carried = ([f"ng_g_{s}" for s in states] + [f"ng_sv_{s}" for s in bw.saved]
+               + [f"ng_acc_{k}" for k in bw.learnable])
+    return before, body, body_first, after, carried
+
+
+def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: str):
+    """One backward step. ``phase``: "any" (t tested at run time), "inner" (t > 0) or
+    "first" (t == 0: previous states are the initial ones, nothing older is loaded)."""
+    states = model.state_names
+    sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
     body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
-    # Step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1. Branch-free so
-    # the C++ neuron loop vectorises: at t = 0 the load is clamped to a valid address and the
-    # previous states come from the initial ones instead.
-    body.append("const ng_int64 ng_tp = ng_ti - (ng_t > 0 ? ng_N : 0);")
-    body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_tp]);" for s in bw.saved]
     prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
-    if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
-        body += lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])
-        body.append(lines.spike("ng_pspike", "ng_pu"))
-        pspike = sp.Symbol("ng_pspike")
-        prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
-    body += lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
-    body += [f"const compute_t {s} = ng_t > 0 ? ng_prev_{s} : ng_ld(init_{s}[ng_i]);"
-             for s in prev]
+    if phase == "any":
+        # Step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1; at t = 0
+        # the load is clamped to a valid address and the initial states are used instead.
+        body.append("const ng_int64 ng_tp = ng_ti - (ng_t > 0 ? ng_N : 0);")
+        body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_tp]);" for s in bw.saved]
+    elif phase == "inner":
+        body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
+    if phase == "first":
+        body += [f"const compute_t {s} = ng_ld(init_{s}[ng_i]);" for s in prev]
+    else:
+        if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
+            body += lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])
+            body.append(lines.spike("ng_pspike", "ng_pu"))
+            pspike = sp.Symbol("ng_pspike")
+            prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
+        if phase == "any":
+            body += lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
+            body += [f"const compute_t {s} = ng_t > 0 ? ng_prev_{s} : ng_ld(init_{s}[ng_i]);"
+                     for s in prev]
+        else:
+            body += lines.block([(sp.Symbol(s), e) for s, e in prev.items()])
     if bw.needs_x:
         body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
     body += lines.block([(step.B[s], step.charge[s]) for s in bw.needs_h])
@@ -281,11 +312,7 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
     body.append("grad_x_seq[ng_ti] = ng_io(ng_gx);")
     body += [f"ng_acc_{k} += ng_gp_{k};" for k in bw.learnable]
     body += [f"ng_g_{s} = ng_gP_{s};" for s in states]
-    after = [f"grad_init_{s}[ng_i] = ng_io(ng_g_{s});" for s in states]
-    after += [f"grad_p_{k}[ng_i] = ng_acc_{k};" for k in bw.learnable]
-    carried = ([f"ng_g_{s}" for s in states] + [f"ng_sv_{s}" for s in bw.saved]
-               + [f"ng_acc_{k}" for k in bw.learnable])
-    return before, body, after, carried
+    return body
 
 
 def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: KernelConfig) -> KernelIR:
@@ -308,8 +335,8 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
     if kind == "forward":
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)
     elif kind == "backward":
-        ctx["before_loop"], ctx["step"], ctx["after_loop"], carried = _backward_parts(
-            model, step, bw, cfg, lines)
+        (ctx["before_loop"], ctx["step"], ctx["step_first"], ctx["after_loop"],
+         carried) = _backward_parts(model, step, bw, cfg, lines, target)
     else:
         raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
     ctx["uniform_constants"], ctx["constants"], constant_names = lines.constants(model, cfg)
