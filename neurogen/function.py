@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from . import runtime
+from . import memory, runtime
 from .codegen import CPU_BLOCK, KernelConfig, build_ir, derivation, kernel_args, render_ir
 from .spec.model import NeuronModel
 
@@ -32,7 +32,7 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
-        return runtime.compile_cpp(source, name)
+        return runtime.compile_cpp(source, name, runtime.kernel_flags())
     return runtime.cuda_function(source, name, device)
 
 
@@ -61,7 +61,8 @@ class Plan:
         packed = runtime.pack_args(kernel_args(self.model, kind, cfg),
                                    {**values, **dict(self.scalars)}, self.compute)
         if self.backend == "cpu":
-            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"])
+            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"],
+                               runtime.cpu_threading() == "openmp")
         elif self.backend == "cuda-emulated":
             runtime.launch_emulated(fn, packed, n)
         else:
@@ -82,10 +83,10 @@ def run_forward(plan: Plan, x_seq, tensors):
     values = {"x_seq": x_seq, "ng_T": T, "ng_N": N}
     values.update({f"init_{s}": t for s, t in inits.items()})
     values.update({f"p_{k}": t for k, t in params.items()})
-    spike_seq = torch.empty_like(x_seq)
-    v_seq = torch.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
+    spike_seq = memory.empty_like(x_seq)
+    v_seq = memory.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
     finals = [torch.empty_like(inits[s]) for s in states]
-    saved = [torch.empty_like(x_seq) for _ in bw.saved] if cfg.save else []
+    saved = [memory.empty_like(x_seq) for _ in bw.saved] if cfg.save else []
     values.update(spike_seq=spike_seq, v_seq=v_seq)
     values.update({f"final_{s}": f for s, f in zip(states, finals)})
     values.update({f"saved_{s}": t for s, t in zip(bw.saved, saved)})
@@ -117,7 +118,7 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
     values["x_seq"] = x_seq
     values.update({f"init_{s}": inits[s] for s in bw.needs_prev})
     values.update({f"p_{k}": t for k, t in params.items()})
-    grad_x = torch.empty(T, N, **io)
+    grad_x = memory.empty((T, N), **io)
     grad_init = {s: torch.empty(N, **io) for s in states}
     compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
     grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"]) for k in cfg.learnable}

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from .errors import BackendUnavailableError, CompileError
 
-# No OpenMP runtime: a second one beside torch's spins against it. `omp simd` pragmas
-# vectorise the neuron loop; threads come from launch_cpu's pool.
+# `omp simd` pragmas vectorise the neuron loop. Threads: see cpu_threading().
 CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd",
              "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+# The same, with OpenMP's parallel loop over neuron blocks enabled (cpu_threading "openmp").
+CPU_OPENMP_FLAGS = tuple(f for f in CPU_FLAGS if f != "-fopenmp-simd") + ("-fopenmp",)
 _lock = threading.Lock()
 _loaded = {}
 _functions = {}
@@ -61,6 +62,39 @@ def _compiler_id(path: str) -> str:
 def _cpu_key(source: str, compiler: str, flags) -> str:
     text = "\0".join([source, compiler, _compiler_id(compiler), " ".join(flags)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_threading() -> str:
+    """How the CPU kernels use several cores: ``"openmp"`` or ``"pool"``.
+
+    ``"openmp"`` when torch runs its own CPU ops on GNU OpenMP (libgomp, as the Linux
+    wheels do) and that library is loaded: the kernels are built with ``-fopenmp`` and
+    their ``omp parallel for`` over neuron blocks runs on torch's own OpenMP threads.
+    A second pool beside torch's would compete with its workers, which spin for a while
+    after every parallel torch op (on the 2-core CI machine that doubled kernel times).
+    Otherwise ``"pool"``: blocks are split over a small Python thread pool (ctypes
+    releases the GIL). ``$NEUROGEN_CPU_THREADING`` (``openmp``/``pool``) overrides.
+    """
+    forced = os.environ.get("NEUROGEN_CPU_THREADING")
+    if forced is not None:
+        if forced not in ("openmp", "pool"):
+            raise ValueError(f"$NEUROGEN_CPU_THREADING must be 'openmp' or 'pool', not {forced!r}")
+        return forced
+    import torch
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return "pool"
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = any("libgomp" in line for line in f)
+    except OSError:
+        loaded = False
+    return "openmp" if loaded else "pool"
+
+
+def kernel_flags():
+    """Compiler flags of the CPU neuron kernels under :func:`cpu_threading`."""
+    return CPU_OPENMP_FLAGS if cpu_threading() == "openmp" else CPU_FLAGS
 
 
 def compile_cpp(source: str, name: str, flags=CPU_FLAGS):
@@ -296,17 +330,21 @@ def _ctypes_call(fn, packed):
     fn(*[v for _, v in packed])
 
 
-def launch_cpu(fn, packed, n, block, T):
-    """Call a C++ kernel; neuron blocks are split over ``torch.get_num_threads()``
-    Python threads (ctypes releases the GIL during the call)."""
+def launch_cpu(fn, packed, n, block, T, openmp=False):
+    """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
+    over neuron blocks (``openmp``, see :func:`cpu_threading`) or, otherwise, blocks
+    split over Python threads (ctypes releases the GIL during the call)."""
     import torch
     blocks = (n + block - 1) // block
     workers = max(1, min(torch.get_num_threads(), blocks))
-    if workers == 1 or n * T < 1 << 15:
-        _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks)])
+    if n * T < 1 << 15:
+        workers = 1  # too small to pay for waking threads
+    if workers == 1 or openmp:
+        _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks), ("i32", workers)])
         return
     bounds = [blocks * w // workers for w in range(workers + 1)]
-    futures = [_pool(workers).submit(_ctypes_call, fn, packed + [("i64", lo), ("i64", hi)])
+    futures = [_pool(workers).submit(_ctypes_call, fn, packed + [("i64", lo), ("i64", hi),
+                                                                  ("i32", 1)])
                for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
     for f in futures:
         f.result()

@@ -1,0 +1,130 @@
+"""A cache of large CPU output buffers, so repeated calls do not pay for fresh pages.
+
+Each multi-step call writes several ``[T, N]`` tensors (spikes, the values saved
+for the backward, ``grad_x``). On the CPU, torch takes large blocks straight from
+the operating system and gives them back when freed, so every call first-touches
+new pages: on the 2-core CI machine that page-faulting cost as much as the kernels
+themselves (PERF_NOTES.md). Here a block freed by its tensor goes back to a
+neurogen free list instead and the next call of the same size reuses it, already
+mapped. CUDA tensors are not affected (torch's CUDA allocator already caches).
+
+The tensors handed out are ordinary CPU tensors over numpy-owned memory; a block
+returns to the cache when the last tensor viewing it is freed. They cannot be
+resized in place (``resize_`` to a larger size raises), like any tensor made
+with ``torch.from_numpy``.
+
+Control: :func:`set_cpu_cache_limit` (bytes kept at most, 0 turns caching off;
+``$NEUROGEN_CPU_CACHE_MB`` sets the starting value, default 1024 MiB),
+:func:`empty_cpu_cache` (release every cached block), :func:`cpu_cache_info`.
+"""
+import os
+import threading
+import weakref
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+# Blocks below this size come from torch's allocator: malloc reuses them without
+# returning pages to the system, so caching them buys nothing.
+MIN_BYTES = 1 << 20
+
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+          torch.bfloat16: np.int16}
+
+
+def _limit_from_env():
+    text = os.environ.get("NEUROGEN_CPU_CACHE_MB", "1024")
+    try:
+        mb = float(text)
+    except ValueError:
+        raise ValueError(f"$NEUROGEN_CPU_CACHE_MB must be a number of MiB (0 turns the CPU "
+                         f"buffer cache off), not {text!r}") from None
+    if mb < 0:
+        raise ValueError(f"$NEUROGEN_CPU_CACHE_MB must be >= 0, not {text!r}")
+    return int(mb * (1 << 20))
+
+
+class _Cache:
+    def __init__(self, limit):
+        self.lock = threading.Lock()
+        self.free = defaultdict(list)   # nbytes -> [numpy uint8 block]
+        self.cached = 0                 # bytes in the free lists
+        self.limit = limit
+        self.hits = self.misses = 0
+
+    def take(self, nbytes):
+        with self.lock:
+            blocks = self.free.get(nbytes)
+            if blocks:
+                self.cached -= nbytes
+                self.hits += 1
+                return blocks.pop()
+            self.misses += 1
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def give(self, block):
+        with self.lock:
+            if self.cached + block.nbytes <= self.limit:
+                self.free[block.nbytes].append(block)
+                self.cached += block.nbytes
+            # else: dropped; numpy frees it
+
+    def clear(self):
+        with self.lock:
+            self.free.clear()
+            self.cached = 0
+
+
+_cache = _Cache(_limit_from_env())
+
+
+def empty(shape, dtype, device):
+    """Like ``torch.empty(shape, dtype=dtype, device=device)`` (contiguous), with large
+    CPU blocks taken from and returned to neurogen's cache."""
+    shape = tuple(int(s) for s in shape)
+    device = torch.device(device)
+    if device.type != "cpu" or dtype not in _NUMPY or _cache.limit == 0:
+        return torch.empty(shape, dtype=dtype, device=device)
+    nbytes = np.dtype(_NUMPY[dtype]).itemsize
+    for s in shape:
+        nbytes *= s
+    if nbytes < MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    block = _cache.take(nbytes)
+    view = block.view(_NUMPY[dtype]).reshape(shape)
+    # torch keeps `view` alive exactly as long as the tensor's storage; when the storage
+    # goes, `view` goes and the block returns to the cache
+    weakref.finalize(view, _cache.give, block).atexit = False
+    out = torch.from_numpy(view)
+    return out.view(torch.bfloat16) if dtype == torch.bfloat16 else out
+
+
+def empty_like(t):
+    return empty(t.shape, t.dtype, t.device)
+
+
+def set_cpu_cache_limit(nbytes: int):
+    """Keep at most ``nbytes`` of freed CPU output blocks for reuse (0: no caching).
+    Lowering the limit releases the blocks above it."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise ValueError(f"the CPU buffer cache limit is a number of bytes >= 0, not {nbytes!r}")
+    with _cache.lock:
+        _cache.limit = nbytes
+        for size in sorted(_cache.free, reverse=True):
+            blocks = _cache.free[size]
+            while blocks and _cache.cached > nbytes:
+                blocks.pop()
+                _cache.cached -= size
+
+
+def empty_cpu_cache():
+    """Release every cached CPU block to the system (tensors in use are not affected)."""
+    _cache.clear()
+
+
+def cpu_cache_info():
+    """``dict(cached_bytes, limit_bytes, hits, misses)`` of the CPU buffer cache."""
+    with _cache.lock:
+        return dict(cached_bytes=_cache.cached, limit_bytes=_cache.limit, hits=_cache.hits,
+                    misses=_cache.misses)

@@ -1,0 +1,154 @@
+"""The CPU output-buffer cache (neurogen.memory) and the CPU threading modes."""
+import gc
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neurogen import memory, neuron, runtime
+
+BIG = (64, 8192)  # 2 MiB in float32: above memory.MIN_BYTES
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    memory.empty_cpu_cache()
+    limit = memory.cpu_cache_info()["limit_bytes"]
+    yield
+    memory.set_cpu_cache_limit(limit)
+    memory.empty_cpu_cache()
+
+
+def test_freed_block_is_reused_and_live_blocks_are_not():
+    a = memory.empty(BIG, torch.float32, "cpu")
+    b = memory.empty(BIG, torch.float32, "cpu")
+    assert a.shape == BIG and a.dtype == torch.float32 and a.is_contiguous()
+    assert a.data_ptr() != b.data_ptr()
+    ptr = a.data_ptr()
+    del a
+    gc.collect()
+    hits = counts()[0]
+    c = memory.empty(BIG, torch.float32, "cpu")
+    assert c.data_ptr() == ptr
+    assert counts()[0] == hits + 1
+
+
+def test_a_view_keeps_its_block_alive():
+    a = memory.empty(BIG, torch.float32, "cpu")
+    a.fill_(3.0)
+    row = a[5]
+    ptr = a.data_ptr()
+    del a
+    gc.collect()
+    b = memory.empty(BIG, torch.float32, "cpu")
+    b.fill_(-1.0)
+    assert b.data_ptr() != ptr
+    assert torch.all(row == 3.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_dtypes(dtype):
+    t = memory.empty(BIG, dtype, "cpu")
+    assert t.dtype == dtype and t.shape == BIG
+    t.fill_(1.5)
+    assert float(t.float().mean()) == 1.5
+
+
+def counts():
+    info = memory.cpu_cache_info()
+    return info["hits"], info["misses"]
+
+
+def test_small_and_uncached_requests_use_torch():
+    before = counts()
+    memory.empty((16, 16), torch.float32, "cpu")
+    memory.set_cpu_cache_limit(0)
+    for _ in range(3):
+        memory.empty(BIG, torch.float32, "cpu")
+    assert counts() == before and memory.cpu_cache_info()["cached_bytes"] == 0
+
+
+def test_limit_trims_and_bounds_the_cache():
+    blocks = [memory.empty(BIG, torch.float32, "cpu") for _ in range(3)]
+    nbytes = blocks[0].numel() * 4
+    del blocks
+    gc.collect()
+    assert memory.cpu_cache_info()["cached_bytes"] == 3 * nbytes
+    memory.set_cpu_cache_limit(nbytes)
+    assert memory.cpu_cache_info()["cached_bytes"] == nbytes
+    memory.empty_cpu_cache()
+    assert memory.cpu_cache_info()["cached_bytes"] == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
+def test_bad_limit(bad):
+    with pytest.raises(ValueError, match="bytes"):
+        memory.set_cpu_cache_limit(bad)
+
+
+def test_bad_environment_value_is_named():
+    code = "import neurogen.memory"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"NEUROGEN_CPU_CACHE_MB": "lots", "PATH": ""})
+    assert proc.returncode != 0 and "NEUROGEN_CPU_CACHE_MB" in proc.stderr
+
+
+def test_outputs_kept_by_the_user_are_never_overwritten():
+    # training-loop pattern: outputs of call 1 kept while call 2 runs on recycled blocks
+    torch.manual_seed(0)
+    node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
+    xs = [(torch.rand(32, 8192) * 2).requires_grad_() for _ in range(3)]
+    kept = []
+    for x in xs:
+        node.reset()
+        out = node(x)
+        out.backward(torch.ones_like(out))
+        kept.append((out.detach().clone(), out, x.grad.clone(), x.grad))
+    memory.set_cpu_cache_limit(0)  # recompute each call alone, with the cache off
+    for (ref_out, out, ref_grad, grad), x in zip(kept, xs):
+        assert torch.equal(out.detach(), ref_out) and torch.equal(grad, ref_grad)
+        x2 = x.detach().clone().requires_grad_()
+        node.reset()
+        out2 = node(x2)
+        out2.backward(torch.ones_like(out2))
+        assert torch.equal(out2.detach(), ref_out) and torch.equal(x2.grad, ref_grad)
+
+
+def test_training_loop_reuses_blocks():
+    node = neuron.LIFNode(step_mode="m", backend="cpu")
+    x = torch.rand(32, 8192, requires_grad=True)
+    hits = counts()[0]
+    for _ in range(4):
+        x.grad = None
+        node.reset()
+        node(x).sum().backward()
+    assert counts()[0] - hits >= 6  # spikes, saved values, grad_x: from the cache after call 1
+
+
+def test_threading_modes_agree(monkeypatch):
+    torch.manual_seed(1)
+    x = (torch.rand(16, 3 * 2048 + 77, dtype=torch.float64) * 2).requires_grad_()
+    results = {}
+    for mode in ("pool", "openmp"):
+        monkeypatch.setattr(runtime, "cpu_threading", lambda mode=mode: mode)
+        node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
+        x.grad = None
+        out = node(x)
+        out.backward(torch.rand_like(out, generator=torch.Generator().manual_seed(2)))
+        results[mode] = (out.detach(), x.grad.clone(), node.v.clone())
+    for a, b in zip(results["pool"], results["openmp"]):
+        assert torch.equal(a, b)
+
+
+def test_threading_override(monkeypatch):
+    runtime.cpu_threading.cache_clear()
+    monkeypatch.setenv("NEUROGEN_CPU_THREADING", "sideways")
+    with pytest.raises(ValueError, match="NEUROGEN_CPU_THREADING"):
+        runtime.cpu_threading()
+    monkeypatch.setenv("NEUROGEN_CPU_THREADING", "pool")
+    assert runtime.cpu_threading() == "pool"
+    runtime.cpu_threading.cache_clear()
+    monkeypatch.delenv("NEUROGEN_CPU_THREADING")
+    assert runtime.cpu_threading() in ("openmp", "pool")
+    runtime.cpu_threading.cache_clear()
