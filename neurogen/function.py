@@ -1,7 +1,7 @@
 """The torch.autograd.Function that runs a generated forward and backward kernel."""
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 import torch
@@ -54,12 +54,23 @@ class Plan:
     def compute(self) -> str:
         return "double" if self.dtype == "float64" else "float"
 
+    # (kind, grad_v_seq, device) -> (kernel, its argument list); not part of the plan's value
+    _kernels: dict = field(default_factory=dict, init=False, compare=False, hash=False,
+                           repr=False)
+
     def launch(self, kind, cfg, values: Dict[str, object], n: int, device):
+        """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_v_seq``
+        set per call; the kernel and its argument list are looked up once per plan."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
-        fn = get_kernel(self.model, self.backend, kind, self.dtype, cfg, device)
-        packed = runtime.pack_args(kernel_args(self.model, kind, cfg),
-                                   {**values, **dict(self.scalars)}, self.compute)
+        key = (kind, cfg.grad_v_seq, device)
+        entry = self._kernels.get(key)
+        if entry is None or entry[2] != runtime.generation:
+            entry = self._kernels[key] = (
+                get_kernel(self.model, self.backend, kind, self.dtype, cfg, device),
+                kernel_args(self.model, kind, cfg), runtime.generation)
+        fn, args, _ = entry
+        packed = runtime.pack_args(args, {**values, **dict(self.scalars)}, self.compute)
         if self.backend == "cpu":
             runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"],
                                runtime.cpu_threading() == "openmp")

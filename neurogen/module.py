@@ -13,6 +13,7 @@ from .function import TORCH_DTYPES, MultiStep, Plan
 from .spec.model import NeuronModel
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_PLANS = {}  # NeuronModule._plan's cache
 BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch", "cuda-emulated")
 
 
@@ -150,7 +151,10 @@ class NeuronModule(nn.Module):
         out = {}
         for s in self.model.state_names:
             value = reference.evaluate(self.model.initial[s], params, like)
-            out[s] = torch.zeros(shape, dtype=like.dtype, device=like.device) + value
+            if isinstance(value, torch.Tensor):
+                out[s] = torch.zeros(shape, dtype=like.dtype, device=like.device) + value
+            else:
+                out[s] = torch.full(shape, float(value), dtype=like.dtype, device=like.device)
         return out
 
     def _states_for(self, x_seq):
@@ -299,6 +303,24 @@ class NeuronModule(nn.Module):
         return spike_seq.view(x_seq.shape), v_seq, finals
 
     def _plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
+        """The :class:`Plan` of one call, reused while nothing it depends on changes (its
+        kernels and argument lists are looked up once per plan)."""
+        key = (self.model, self.surrogate_function.key(), self.detach_reset, self.store_v_seq,
+               backend, dtype, tuple(dict(kinds).items()), tuple(learnable), needs_grad,
+               tuple(tensor_params), tuple(scalars))
+        try:
+            plan = _PLANS.get(key)
+        except TypeError:  # an unhashable parameter value set by hand: no reuse
+            return self._new_plan(backend, dtype, kinds, learnable, needs_grad, tensor_params,
+                                  scalars)
+        if plan is None:
+            if len(_PLANS) >= 256:
+                _PLANS.clear()
+            plan = _PLANS[key] = self._new_plan(backend, dtype, kinds, learnable, needs_grad,
+                                                tensor_params, scalars)
+        return plan
+
+    def _new_plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
         cfg = make_config(self.model, surrogate=self.surrogate_function,
                           detach_reset=self.detach_reset, store_v_seq=self.store_v_seq,
                           save=needs_grad, learnable=tuple(learnable) if needs_grad else (),

@@ -29,6 +29,17 @@ CPU_OPENMP_FLAGS = tuple(f for f in CPU_FLAGS if f != "-fopenmp-simd") + ("-fope
 _lock = threading.Lock()
 _loaded = {}
 _functions = {}
+generation = 0  # bumped by forget_kernels(); holders of kernel handles re-fetch on change
+
+
+def forget_kernels():
+    """Drop every kernel handle this process holds, as if it had just started: the next
+    call looks kernels up again (disk cache, then compiler). Loaded libraries stay mapped."""
+    global generation
+    with _lock:
+        _loaded.clear()
+        _functions.clear()
+        generation += 1
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,7 @@ from neurogen import runtime
 def no_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-neurogen")
     runtime._find_cxx.cache_clear()
-    runtime._functions.clear()
+    runtime.forget_kernels()
     yield
     runtime._find_cxx.cache_clear()
 
