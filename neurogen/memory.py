@@ -28,6 +28,9 @@ import torch
 # Blocks below this size come from torch's allocator: malloc reuses them without
 # returning pages to the system, so caching them buys nothing.
 MIN_BYTES = 1 << 20
+# Start of every tensor handed out: a cache line (torch's own CPU allocator aligns to 64
+# too). numpy's 16-byte alignment made every other 32-byte vector store straddle two lines.
+ALIGN = 64
 
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.bfloat16: np.int16}
@@ -61,13 +64,14 @@ class _Cache:
                 self.hits += 1
                 return blocks.pop()
             self.misses += 1
-        return np.empty(nbytes, dtype=np.uint8)
+        return np.empty(nbytes + ALIGN, dtype=np.uint8)
 
     def give(self, block):
+        nbytes = block.nbytes - ALIGN
         with self.lock:
-            if self.cached + block.nbytes <= self.limit:
-                self.free[block.nbytes].append(block)
-                self.cached += block.nbytes
+            if self.cached + nbytes <= self.limit:
+                self.free[nbytes].append(block)
+                self.cached += nbytes
             # else: dropped; numpy frees it
 
     def clear(self):
@@ -92,7 +96,8 @@ def empty(shape, dtype, device):
     if nbytes < MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     block = _cache.take(nbytes)
-    view = block.view(_NUMPY[dtype]).reshape(shape)
+    start = -block.ctypes.data % ALIGN  # numpy's blocks are only 16-byte aligned
+    view = block[start:start + nbytes].view(_NUMPY[dtype]).reshape(shape)
     # torch keeps `view` alive exactly as long as the tensor's storage; when the storage
     # goes, `view` goes and the block returns to the cache
     weakref.finalize(view, _cache.give, block).atexit = False
