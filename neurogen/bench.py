@@ -102,10 +102,14 @@ def peers(model_name, device, dtype, use_compile):
 
 
 def workload_bytes(model, elem, T, N, backward):
+    """Minimal bytes of one call (and the saved bytes per neuron-step): inference reads x
+    and writes spikes; training also writes the saved values, then reads them back with
+    the spike gradient (and x, if the backward needs it) and writes grad_x."""
     cfg = make_config(model)
     _, bw = derivation(model, cfg.surrogate, False, ())
-    per_step = 2 + len(bw.saved)            # x in, spike out, saved out
+    per_step = 2                             # x in, spike out
     if backward:
+        per_step += len(bw.saved)            # saved out
         per_step += 2 + len(bw.saved) + (1 if bw.needs_x else 0)  # grad in, saved in, grad_x out
     return (per_step * T + 2 * len(model.state_names)) * N * elem, len(bw.saved) * elem
 
