@@ -32,7 +32,7 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
-        return runtime.compile_cpp(source, name, runtime.kernel_flags())
+        return runtime.compile_kernel(source, name)
     return runtime.cuda_function(source, name, device)
 
 
@@ -72,8 +72,7 @@ class Plan:
         fn, args, _ = entry
         packed = runtime.pack_args(args, {**values, **dict(self.scalars)}, self.compute)
         if self.backend == "cpu":
-            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"],
-                               runtime.cpu_threading() == "openmp")
+            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"], fn.ng_openmp)
         elif self.backend == "cuda-emulated":
             runtime.launch_emulated(fn, packed, n)
         else:

@@ -103,9 +103,33 @@ def cpu_threading() -> str:
     return "openmp" if loaded else "pool"
 
 
-def kernel_flags():
-    """Compiler flags of the CPU neuron kernels under :func:`cpu_threading`."""
-    return CPU_OPENMP_FLAGS if cpu_threading() == "openmp" else CPU_FLAGS
+def compile_kernel(source: str, name: str):
+    """Compile a CPU neuron kernel for :func:`cpu_threading`. Returns the ctypes function,
+    with ``ng_openmp`` telling whether it runs its own OpenMP loop (see :func:`launch_cpu`).
+
+    When the compiler cannot build with ``-fopenmp`` (e.g. ``CXX=clang++`` without
+    libomp) the kernel is built without it, with one warning, and runs on the Python
+    thread pool; a source that does not compile either way raises :class:`CompileError`."""
+    if cpu_threading() == "openmp" and not _openmp_failed:
+        try:
+            fn = compile_cpp(source, name, CPU_OPENMP_FLAGS)
+            fn.ng_openmp = True
+            return fn
+        except CompileError as exc:
+            fn = compile_cpp(source, name, CPU_FLAGS)  # raises if the source is at fault
+            _openmp_failed.append(exc)
+            log = (exc.log or "").strip().splitlines() or [str(exc).splitlines()[0]]
+            warn_once(f"neurogen: {cxx()} cannot build the CPU kernels with -fopenmp "
+                      f"({log[-1]}); they run on a "
+                      "Python thread pool instead, which competes with torch's OpenMP threads "
+                      "(slower in training loops). Install the compiler's OpenMP runtime or "
+                      "use g++ (set $CXX)")
+    fn = compile_cpp(source, name, CPU_FLAGS)
+    fn.ng_openmp = False
+    return fn
+
+
+_openmp_failed = []  # the CompileError that made this process give up on -fopenmp
 
 
 def compile_cpp(source: str, name: str, flags=CPU_FLAGS):

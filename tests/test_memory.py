@@ -152,3 +152,28 @@ def test_threading_override(monkeypatch):
     monkeypatch.delenv("NEUROGEN_CPU_THREADING")
     assert runtime.cpu_threading() in ("openmp", "pool")
     runtime.cpu_threading.cache_clear()
+
+
+def test_compiler_without_openmp_falls_back_to_the_pool_with_a_warning(monkeypatch):
+    import neurogen as ng
+    monkeypatch.setattr(runtime, "cpu_threading", lambda: "openmp")
+    monkeypatch.setattr(runtime, "CPU_OPENMP_FLAGS",
+                        runtime.CPU_FLAGS + ("-fno-such-openmp-flag-neurogen",))
+    monkeypatch.setattr(runtime, "_openmp_failed", [])
+    runtime.warn_once.__defaults__[0].clear()
+    runtime.forget_kernels()
+    x = torch.rand(16, 3 * 2048 + 5, dtype=torch.float64) * 2
+    with pytest.warns(RuntimeWarning, match="cannot build the CPU kernels with -fopenmp"):
+        out = ng.neuron.LIFNode(step_mode="m", backend="cpu")(x)
+    ref = ng.neuron.LIFNode(step_mode="m", backend="torch")(x)
+    assert torch.equal(out, ref)
+    runtime.forget_kernels()  # later tests get OpenMP-built kernels again
+
+
+def test_a_broken_source_still_raises_compile_error(monkeypatch):
+    import neurogen as ng
+    monkeypatch.setattr(runtime, "cpu_threading", lambda: "openmp")
+    monkeypatch.setattr(runtime, "_openmp_failed", [])
+    with pytest.raises(ng.CompileError):
+        runtime.compile_kernel('extern "C" void f() { not C++ }', "f")
+    assert not runtime._openmp_failed  # a bad source does not turn OpenMP off
