@@ -79,8 +79,8 @@ def _cpu_key(source: str, compiler: str, flags) -> str:
 def cpu_threading() -> str:
     """How the CPU kernels use several cores: ``"openmp"`` or ``"pool"``.
 
-    ``"openmp"`` when torch runs its own CPU ops on GNU OpenMP (libgomp, as the Linux
-    wheels do) and that library is loaded: the kernels are built with ``-fopenmp`` and
+    ``"openmp"`` when torch runs its own CPU ops on GNU OpenMP and ``libgomp.so.1`` is
+    loaded (the Linux wheels of recent torch): the kernels are built with ``-fopenmp`` and
     their ``omp parallel for`` over neuron blocks runs on torch's own OpenMP threads.
     A second pool beside torch's would compete with its workers, which spin for a while
     after every parallel torch op (on the 2-core CI machine that doubled kernel times).
@@ -95,9 +95,12 @@ def cpu_threading() -> str:
     import torch
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return "pool"
+    # A kernel built with -fopenmp needs "libgomp.so.1"; the loader hands it the copy torch
+    # already loaded only under that name (some wheels ship a renamed libgomp-<hash>.so.1,
+    # next to which ours would start a second runtime).
     try:
         with open("/proc/self/maps") as f:
-            loaded = any("libgomp" in line for line in f)
+            loaded = any(line.rstrip().endswith("/libgomp.so.1") for line in f)
     except OSError:
         loaded = False
     return "openmp" if loaded else "pool"
