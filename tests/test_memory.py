@@ -129,14 +129,21 @@ def test_training_loop_reuses_blocks():
 def test_threading_modes_agree(monkeypatch):
     torch.manual_seed(1)
     x = (torch.rand(16, 3 * 2048 + 77, dtype=torch.float64) * 2).requires_grad_()
-    results = {}
+    results, launched = {}, []
+    launch = runtime.launch_cpu
+    monkeypatch.setattr(runtime, "launch_cpu",
+                        lambda fn, *a: launched.append(fn.ng_openmp) or launch(fn, *a))
     for mode in ("pool", "openmp"):
         monkeypatch.setattr(runtime, "cpu_threading", lambda mode=mode: mode)
+        runtime.forget_kernels()  # plans cached by the first mode must not be reused
+        launched.clear()
         node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
         x.grad = None
         out = node(x)
         out.backward(torch.rand_like(out, generator=torch.Generator().manual_seed(2)))
         results[mode] = (out.detach(), x.grad.clone(), node.v.clone())
+        assert launched == [mode == "openmp"] * 2  # forward and backward, built for the mode
+    runtime.forget_kernels()
     for a, b in zip(results["pool"], results["openmp"]):
         assert torch.equal(a, b)
 
