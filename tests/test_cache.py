@@ -27,6 +27,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "_loaded", {})
     monkeypatch.setattr(runtime, "_functions", {})
     monkeypatch.setattr(runtime, "_fallback", {})
+    runtime.forget_kernels()  # and no kernel handles kept by earlier plans
     return tmp_path / "cache"
 
 

@@ -172,10 +172,15 @@ def to_json(model, path=None) -> str:
 def from_json(source):
     """Load a model from a JSON file path or JSON text (text starts with ``{`` or ``[``)."""
     text = _read(source, lambda s: s.lstrip()[:1] in ("{", "[") or "\n" in s)
+    return _parsed(text, json.loads, json.JSONDecodeError, "JSON")
+
+
+def _parsed(text, loads, decode_error, fmt):
+    """The model in ``text`` parsed with ``loads``; a syntax error becomes a SpecError."""
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"model file: invalid JSON: {exc}") from None
+        d = loads(text)
+    except decode_error as exc:
+        raise SpecError(f"model file: invalid {fmt}: {exc}") from None
     return from_dict(d)
 
 
@@ -229,11 +234,7 @@ def from_toml(source):
     """Load a model from a TOML file path or TOML text (text has a newline or ``=``)."""
     text = _read(source, lambda s: "\n" in s or "=" in s)
     toml = _tomllib()
-    try:
-        d = toml.loads(text)
-    except toml.TOMLDecodeError as exc:
-        raise SpecError(f"model file: invalid TOML: {exc}") from None
-    return from_dict(d)
+    return _parsed(text, toml.loads, toml.TOMLDecodeError, "TOML")
 
 
 def load(path):
