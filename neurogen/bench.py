@@ -8,6 +8,7 @@ over the copy bandwidth measured in the same run. Writes a table, a JSON
 file and PNG plots; asserts nothing about speed.
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -21,7 +22,12 @@ from . import neuron
 from .codegen import derivation, make_config
 
 MODELS = ("LIFNode", "IzhikevichNode", "AdExNode")
-SJ_NAMES = {"LIFNode": "LIFNode", "IzhikevichNode": "IzhikevichNode"}
+# neurogen name -> (SpikingJelly class, its operator package under spikingjelly._ops)
+SJ_NAMES = {"LIFNode": ("LIFNode", "lif"), "IzhikevichNode": ("IzhikevichNode", "izhikevich")}
+# SpikingJelly 2.0 picks one CUDA implementation per operator (env SJ_<OP>_CUDA_IMPLEMENTATION):
+# its native CUDA extension (built from source only), Triton, or its torch reference.
+SJ_CUDA_IMPLS = ("cuda", "triton", "torch")
+TARGET_T = 64
 
 
 def machine(device):
@@ -36,13 +42,17 @@ def machine(device):
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def timer(device, repeats):
-    """Median time in ms of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
+def timer(device, repeats, budget_s=2.0):
+    """Median time in ms of ``fn`` after two warm-up calls (CUDA events on GPU,
+    perf_counter on CPU): ``repeats`` runs, fewer (at least 5) once ``budget_s`` is spent."""
     def run(fn):
         fn()
         fn()
         times = []
-        for _ in range(repeats):
+        t_end = time.perf_counter() + budget_s
+        for i in range(repeats):
+            if i >= 5 and time.perf_counter() > t_end:
+                break
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -96,9 +106,27 @@ def peers(model_name, device, dtype, use_compile):
         from spikingjelly.activation_based import neuron as sj
     except ImportError:
         return out
-    if model_name in SJ_NAMES:
-        out["spikingjelly"] = lambda: getattr(sj, SJ_NAMES[model_name])(step_mode="m")
+    if model_name not in SJ_NAMES:
+        return out
+    cls_name, op = SJ_NAMES[model_name]
+    if device.type != "cuda":
+        out["spikingjelly"] = lambda: getattr(sj, cls_name)(step_mode="m")
+        return out
+    # what a user gets (its own choice; the torch reference for half types), then each one
+    out["spikingjelly"] = functools.partial(_sj_on_cuda, getattr(sj, cls_name), op, "auto")
+    for impl in SJ_CUDA_IMPLS:
+        out[f"sj-{impl}"] = functools.partial(_sj_on_cuda, getattr(sj, cls_name), op, impl)
     return out
+
+
+def _sj_on_cuda(cls, op, impl):
+    """A SpikingJelly neuron whose operator runs ``impl`` on CUDA (as if the environment
+    variable had chosen it; SpikingJelly reads it once at import, so set its selection)."""
+    import importlib
+    selection = importlib.import_module(f"spikingjelly._ops.{op}")._selection
+    selection._requested = impl
+    selection._selections.clear()
+    return cls(step_mode="m")
 
 
 def workload_bytes(model, elem, T, N, backward):
@@ -114,19 +142,34 @@ def workload_bytes(model, elem, T, N, backward):
     return (per_step * T + 2 * len(model.state_names)) * N * elem, len(bw.saved) * elem
 
 
+def shapes(device, quick=False, Ts=None, Ns=None):
+    """The (T, N) pairs to time. Given both ``Ts`` and ``Ns``: their grid. Otherwise a
+    cross: T swept at a fixed N (the largest given, or 2^16 on CPU, 2^20 on GPU) and N
+    swept at T = 64 (or the largest T given)."""
+    if Ts is not None and Ns is not None:
+        return [(T, N) for T in Ts for N in Ns]
+    gpu = device.type == "cuda"
+    if Ts is None:
+        Ts = [8, 32] if quick else [8, 32, TARGET_T, 128, 512]
+    if Ns is None:
+        Ns = [1 << 10, 1 << 12] if quick else (
+            [1 << 10, 1 << 16, 1 << 20, 1 << 22] if gpu else [1 << 10, 1 << 14, 1 << 16])
+    n_fix = max(n for n in Ns if n <= (1 << 20)) if gpu and not quick else max(Ns)
+    t_fix = TARGET_T if TARGET_T in Ts else max(Ts)
+    pairs = [(T, n_fix) for T in Ts] + [(t_fix, N) for N in Ns]
+    return list(dict.fromkeys(pairs))
+
+
 def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, Ns=None,
         dtypes=None, use_compile=False, repeats=None):
     device = torch.device(device)
-    measure = timer(device, repeats or (3 if quick else 7))
-    if Ts is None:
-        Ts = [8, 32] if quick else [8, 32, 64, 128, 512]
-    if Ns is None:
-        Ns = [1 << 10, 1 << 12] if quick else (
-            [1 << 10, 1 << 14, 1 << 16] if device.type == "cpu" else [1 << 10, 1 << 16, 1 << 20, 1 << 22])
+    measure = timer(device, repeats or (3 if quick else (25 if device.type == "cuda" else 7)))
+    pairs = shapes(device, quick, Ts, Ns)
     if dtypes is None:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
     bandwidth = copy_bandwidth(device, measure, 1 << 24 if quick else 1 << 28)
-    info = {"machine": machine(device), "device": str(device), "copy_GBps": bandwidth, "rows": []}
+    info = {"machine": machine(device), "device": str(device), "copy_GBps": bandwidth,
+            "shapes": pairs, "rows": []}
     print(f"neurogen bench on {info['machine']} ({device}); copy bandwidth {bandwidth:.1f} GB/s")
     header = (f"{'model':<15}{'mode':<8}{'dtype':<9}{'T':>5}{'N':>9}  {'impl':<14}{'ms':>9}"
               f"{'speed-up':>10}{'of floor':>9}{'saved B/ns':>11}")
@@ -134,17 +177,24 @@ def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, N
     for model_name in models:
         spec = neuron.LIBRARY[model_name].spec
         for dtype in dtypes:
+            todo = pairs
+            if dtype != dtypes[0] and (Ts is None or Ns is None):
+                # other dtypes of a cross: its N sweep alone (their point is bytes at the target T)
+                todo = [p for p in pairs if p[0] == pairs[-1][0]]
             for backward in (False, True):
-                for T in Ts:
-                    for N in Ns:
-                        info["rows"] += _one(spec, model_name, dtype, backward, T, N, device,
-                                             measure, bandwidth, use_compile)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump(info, f, indent=1)
+                for T, N in todo:
+                    info["rows"] += _one(spec, model_name, dtype, backward, T, N, device,
+                                         measure, bandwidth, use_compile)
+        _write_json(info, out)  # after each model: a run cut short keeps what it measured
     _plots(info, out)
     print(f"wrote {out}/bench.json, {out}/time_vs_T.png, {out}/time_vs_N.png")
     return info
+
+
+def _write_json(info, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(info, f, indent=1)
 
 
 def _one(spec, model_name, dtype, backward, T, N, device, measure, bandwidth, use_compile):
@@ -197,7 +247,9 @@ def _plots(info, out):
     for axis, other, name in (("T", "N", "time_vs_T.png"), ("N", "T", "time_vs_N.png")):
         fig, ax = plt.subplots(figsize=(7, 4))
         if rows:
-            fixed = max(r[other] for r in rows)
+            # the value of the other axis that the sweep along this one used (most points)
+            fixed = max({r[other] for r in rows},
+                        key=lambda v: (len({r[axis] for r in rows if r[other] == v}), v))
             for model in sorted({r["model"] for r in rows}):
                 for impl in sorted({r["impl"] for r in rows}):
                     pts = sorted((r[axis], r["ms"]) for r in rows if r["model"] == model and
@@ -220,9 +272,14 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(neuron.LIBRARY))
     p.add_argument("--T", nargs="+", type=int)
     p.add_argument("--N", nargs="+", type=int)
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "float16", "bfloat16"],
+                   help="default: float32 on CPU; float32, float16, bfloat16 on GPU")
+    p.add_argument("--repeats", type=int, help="timed runs per point (median taken)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the loop")
     args = p.parse_args(argv)
-    run(args.device, args.quick, args.out, args.models, args.T, args.N, use_compile=args.compile)
+    dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else None
+    run(args.device, args.quick, args.out, args.models, args.T, args.N, dtypes=dtypes,
+        use_compile=args.compile, repeats=args.repeats)
     return 0
 
 

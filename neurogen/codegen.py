@@ -248,21 +248,18 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
 def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, target: str):
     """Lines before, inside and after the backward time loop.
 
-    Returns ``(before, body, body_first, after, carried)``. CUDA runs ``body`` for every t
-    (the ``t > 0`` choice is uniform across a warp). The C++ loop runs ``body`` for
-    t = T-1 .. 1 and ``body_first`` for t = 0, so the vectorised neuron loop has no
-    per-element choice between the saved and the initial states (GCC turned that choice
-    into masked loads and blends: about a quarter of the backward's time)."""
+    Returns ``(before, body, body_first, after, carried)``. Both targets run ``body`` for
+    t = T-1 .. 1 and ``body_first`` for t = 0, so the time loop has no choice between
+    the saved and the initial states: GCC turned that choice into masked loads and blends
+    (about a quarter of the C++ backward's time), and on CUDA it put a branch in the
+    loop that kept ptxas from issuing the next steps' loads early (PERF_NOTES.md 12)."""
     states = model.state_names
     before = [f"compute_t ng_g_{s} = ng_ld(grad_final_{s}[ng_i]);" for s in states]
     before += [f"compute_t ng_sv_{s} = ng_ld(saved_{s}[(ng_int64)(ng_T - 1) * ng_N + ng_i]);"
                for s in bw.saved]
     before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
-    if target == "cuda":
-        body, body_first = _backward_body(model, step, bw, cfg, lines, "any"), []
-    else:
-        body = _backward_body(model, step, bw, cfg, lines, "inner")
-        body_first = _backward_body(model, step, bw, cfg, lines, "first")
+    body = _backward_body(model, step, bw, cfg, lines, "inner")
+    body_first = _backward_body(model, step, bw, cfg, lines, "first")
     after = [f"grad_init_{s}[ng_i] = ng_io(ng_g_{s});" for s in states]
     after += [f"grad_p_{k}[ng_i] = ng_acc_{k};" for k in bw.learnable]
     carried = ([f"ng_g_{s}" for s in states] + [f"ng_sv_{s}" for s in bw.saved]
@@ -271,18 +268,14 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, target:
 
 
 def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: str):
-    """One backward step. ``phase``: "any" (t tested at run time), "inner" (t > 0) or
-    "first" (t == 0: previous states are the initial ones, nothing older is loaded)."""
+    """One backward step. ``phase``: "inner" (t > 0) or "first" (t == 0: previous states
+    are the initial ones, nothing older is loaded)."""
     states = model.state_names
     sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
     body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
     prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
-    if phase == "any":
-        # Step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1; at t = 0
-        # the load is clamped to a valid address and the initial states are used instead.
-        body.append("const ng_int64 ng_tp = ng_ti - (ng_t > 0 ? ng_N : 0);")
-        body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_tp]);" for s in bw.saved]
-    elif phase == "inner":
+    if phase == "inner":
+        # step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1
         body += [f"ng_sv_{s} = ng_ld(saved_{s}[ng_ti - ng_N]);" for s in bw.saved]
     if phase == "first":
         body += [f"const compute_t {s} = ng_ld(init_{s}[ng_i]);" for s in prev]
@@ -292,12 +285,7 @@ def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: s
             body.append(lines.spike("ng_pspike", "ng_pu"))
             pspike = sp.Symbol("ng_pspike")
             prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
-        if phase == "any":
-            body += lines.block([(sp.Symbol(f"ng_prev_{s}"), e) for s, e in prev.items()])
-            body += [f"const compute_t {s} = ng_t > 0 ? ng_prev_{s} : ng_ld(init_{s}[ng_i]);"
-                     for s in prev]
-        else:
-            body += lines.block([(sp.Symbol(s), e) for s, e in prev.items()])
+        body += lines.block([(sp.Symbol(s), e) for s, e in prev.items()])
     if bw.needs_x:
         body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
     body += lines.block([(step.B[s], step.charge[s]) for s in bw.needs_h])

@@ -40,6 +40,7 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
         else:
             kw[k] = v
     node = model.module(step_mode="m", backend=backend, store_v_seq=True, **kw, **module_kw)
+    node.to(x_seq.device)
     x = x_seq.clone().requires_grad_()
     inits = {}
     if init is not None:
@@ -50,11 +51,11 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
     finals = {s: getattr(node, s) for s in model.state_names}
     g = torch.Generator().manual_seed(seed)
     # weights drawn in float64 then cast: the same loss for every dtype
-    w_s = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x.dtype)
-    w_v = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    w_s = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x)
+    w_v = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x)
     loss = (spikes * w_s).sum() + (node.v_seq * w_v).sum()
     for s in model.state_names:
-        w_f = torch.randn(finals[s].shape, generator=g, dtype=torch.float64).to(x.dtype)
+        w_f = torch.randn(finals[s].shape, generator=g, dtype=torch.float64).to(x)
         loss = loss + (finals[s] * w_f).sum()
     wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)

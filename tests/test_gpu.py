@@ -11,6 +11,11 @@ pytestmark = pytest.mark.gpu
 
 # half types: inputs and outputs rounded to 8 (bf16) or 11 (fp16) mantissa bits, float inside
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+# grad_x: the backward re-reads the saved values stored in the I/O type, and their rounding
+# compounds over the T = 40 steps of the chain rule: measured 1.3e-2 (fp16) and 4.4e-2
+# (bf16) on an H200 and, identically, in emulation (2026-11-25); PyTorch's own loop in
+# the same dtype is at 3.8e-2 and 1.1e-1 (checked below)
+GRAD_TOL = {torch.float32: 5e-5, torch.float16: 2.5e-2, torch.bfloat16: 8e-2}
 
 
 def rel_err(a, b):
@@ -44,10 +49,13 @@ def test_cuda_low_precision_close_to_float64(dtype, adex):
                            learnable=("tau",)), "cpu")
     flips = (gpu["spikes"].double() != ref["spikes"]).double().mean().item()
     assert flips < 0.01
-    tol = TOL[dtype]
-    assert rel_err(gpu["final_w"], ref["final_w"]) < tol
+    assert rel_err(gpu["final_w"], ref["final_w"]) < TOL[dtype]
     if flips == 0:
-        assert rel_err(gpu["grad_x"], ref["grad_x"]) < 5 * tol
+        err = rel_err(gpu["grad_x"], ref["grad_x"])
+        assert err < GRAD_TOL[dtype]
+        if dtype != torch.float32:  # no worse than PyTorch's own loop in that dtype
+            loop = run_and_grad(adex, "torch", x, params=dict(adex.defaults), learnable=("tau",))
+            assert err < rel_err(loop["grad_x"], ref["grad_x"])
 
 
 def test_cuda_matches_emulated_cuda_bitwise_float64(adex):
