@@ -75,3 +75,33 @@ def test_runs_on_current_stream_and_device():
     s.synchronize()
     node.reset()
     assert torch.equal(out, node(x))
+
+
+def sigmoid_on_gpu(z):
+    """The float kernels' ng_sigmoid, as emitted, applied to a CUDA float tensor."""
+    import numpy as np
+    import cupy
+    src = ng.codegen.render(LIBRARY["LIFNode"].spec, "cuda", "backward", "float32")
+    line = next(ln for ln in src.splitlines() if "ng_sigmoid(const float z)" in ln)
+    code = ("#define NG_FN static __device__ __forceinline__\n" + line + "\n"
+            'extern "C" __global__ void ng_sigmoid_all(const float* z, float* out, long long n) {\n'
+            "    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+            "    if (i < n) out[i] = ng_sigmoid(z[i]);\n}\n")
+    z = z.contiguous()
+    out = torch.empty_like(z)
+    kernel = cupy.RawKernel(code, "ng_sigmoid_all")
+    kernel(((z.numel() + 255) // 256,), (256,),
+           (np.uint64(z.data_ptr()), np.uint64(out.data_ptr()), np.int64(z.numel())))
+    torch.cuda.synchronize()
+    return out
+
+
+def test_fast_sigmoid_of_float_kernels_accuracy():
+    z = torch.linspace(-20, 20, 1 << 22, device="cuda")
+    got, ref = sigmoid_on_gpu(z).double(), torch.sigmoid(z.double())
+    rel = ((got - ref).abs() / ref).max().item()
+    assert rel < 4e-6, f"max relative error {rel:.3g} on [-20, 20]"
+    tails = torch.tensor([-1e30, -100.0, 100.0, 1e30, float("inf"), float("-inf")], device="cuda")
+    torch.testing.assert_close(sigmoid_on_gpu(tails).double(), torch.sigmoid(tails.double()),
+                               rtol=0, atol=1e-38)
+    assert sigmoid_on_gpu(torch.tensor([float("nan")], device="cuda")).isnan().all()

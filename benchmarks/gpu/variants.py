@@ -2,7 +2,8 @@
 process through the ordinary module path (CUDA events, median of 25 after warm-up).
 
 Variants change only what the experiment names: a ``#pragma unroll K`` on the time loop
-(K loads in flight per thread instead of one) and the threads per block. Prints each
+(K loads in flight per thread instead of one), the threads per block, and ``precise``:
+the Sigmoid surrogate through expf and an IEEE division instead of the MUFU intrinsics. Prints each
 kernel's registers and local memory, then ms and the fraction of the copy bandwidth
 for fwd and fwd+bwd. Usage: ``python benchmarks/gpu/variants.py [T] [N]``.
 """
@@ -18,9 +19,16 @@ ORIG_SOURCE = function.kernel_source
 ORIG_CONFIG = runtime.launch_config
 
 
-def use_variant(unroll, block):
+FAST = "__fdividef(1.0F, 1.0F + __expf(-z))"
+PRECISE = "1.0F / (1.0F + expf(-z))"
+
+
+def use_variant(unroll, block, precise=False):
     def source(model, target, kind, dtype, cfg):
         name, text = ORIG_SOURCE(model, target, kind, dtype, cfg)
+        if target == "cuda" and precise:
+            assert FAST in text or dtype == "float64"
+            text = text.replace(FAST, PRECISE)
         if target == "cuda" and unroll:
             text = text.replace("    for (int ng_t", f"    #pragma unroll {unroll}\n    for (int ng_t")
         return name, text
@@ -49,7 +57,13 @@ def main():
     bw = copy_bandwidth(dev, measure)
     props = torch.cuda.get_device_properties(dev)
     print(f"{props.name}, {props.multi_processor_count} SMs; copy {bw:.0f} GB/s; T={T} N={N}")
-    variants = [(None, 256), (1, 256), (2, 256), (4, 256), (None, 128), (None, 512)]
+    sys.path.insert(0, "tests")
+    from test_gpu import sigmoid_on_gpu
+    z = torch.linspace(-20, 20, 1 << 22, device=dev)
+    ref = torch.sigmoid(z.double())
+    rel = ((sigmoid_on_gpu(z).double() - ref).abs() / ref).max().item()
+    print(f"float kernels' ng_sigmoid on [-20, 20]: max relative error {rel:.3g}")
+    variants = [(None, 256, False), (None, 256, True), (2, 256, False), (None, 512, False)]
     for model_name in ("LIFNode", "IzhikevichNode"):
         cls = neuron.LIBRARY[model_name]
         for dtype in (torch.float32, torch.bfloat16):
@@ -59,8 +73,8 @@ def main():
             gen = torch.Generator().manual_seed(0)
             x = (torch.rand(T, N, generator=gen) * 2).to(dev, dtype)
             g = torch.rand(T, N, generator=gen).to(dev, dtype)
-            for unroll, block in variants:
-                use_variant(unroll, block)
+            for unroll, block, precise in variants:
+                use_variant(unroll, block, precise)
                 node = cls(step_mode="m", backend="cuda")
                 xin = x.clone().requires_grad_(True)
 
@@ -78,7 +92,8 @@ def main():
                     ms = statistics.median(measure(fn) for _ in range(3))
                     nbytes, _ = workload_bytes(cls.spec, x.element_size(), T, N, backward)
                     row.append(f"{mode} {ms:7.3f} ms {nbytes / ms / 1e6 / bw:5.2f}")
-                print(f"  unroll={str(unroll):<4} block={block:<5} " + "   ".join(row), flush=True)
+                print(f"  unroll={str(unroll):<4} block={block:<5} precise={precise!s:<6}"
+                      + "   ".join(row), flush=True)
     use_variant(None, 256)
 
 

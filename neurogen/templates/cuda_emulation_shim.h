@@ -18,6 +18,11 @@
 #ifndef __forceinline__
 #define __forceinline__ inline
 #endif
+// CUDA's fast float intrinsics, as their exact counterparts (emulated float results may
+// differ from a GPU's in the last bits; float64 kernels use neither)
+// (macros: glibc declares its own extern __expf)
+#define __expf(x) expf(x)
+#define __fdividef(x, y) ((x) / (y))
 struct ng_emu_dim3 { unsigned int x, y, z; };
 static ng_emu_dim3 ng_emu_threadIdx, ng_emu_blockIdx, ng_emu_blockDim, ng_emu_gridDim;
 #define threadIdx ng_emu_threadIdx
