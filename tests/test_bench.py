@@ -34,3 +34,36 @@ def test_byte_floor_counts_saved_values_only_for_training():
     assert saved == 4
     assert fwd == 2 * T * N * 4 + states           # x, spikes
     assert train == 6 * T * N * 4 + states         # + h out, grad in, h in, grad_x out
+
+
+def test_default_shapes_sweep_T_and_N_as_a_cross():
+    import torch
+    from neurogen.bench import shapes
+    cpu = shapes(torch.device("cpu"))
+    assert [p for p in cpu if p[1] == 1 << 16] == [(8, 65536), (32, 65536), (64, 65536),
+                                                   (128, 65536), (512, 65536)]
+    assert [p for p in cpu if p[0] == 64] == [(64, 65536), (64, 1024), (64, 16384)]
+    assert len(cpu) == len(set(cpu)) == 7
+    gpu = shapes(torch.device("cuda"))
+    assert (512, 1 << 20) in gpu and (64, 1 << 22) in gpu and (512, 1 << 22) not in gpu
+    assert shapes(torch.device("cpu"), Ts=[8, 16], Ns=[10, 20]) == [(8, 10), (8, 20),
+                                                                   (16, 10), (16, 20)]
+
+
+def test_gpu_peers_name_each_spikingjelly_cuda_implementation():
+    import importlib
+    import pytest
+    import torch
+    from neurogen.bench import peers
+    pytest.importorskip("spikingjelly")
+    impls = peers("LIFNode", torch.device("cuda"), torch.float32, False)
+    assert list(impls) == ["neurogen", "torch loop", "spikingjelly", "sj-cuda", "sj-triton",
+                           "sj-torch"]
+    selection = importlib.import_module("spikingjelly._ops.lif")._selection
+    try:
+        impls["sj-triton"]()   # builds the module and selects SpikingJelly's Triton kernels
+        assert selection._requested == "triton" and not selection._selections
+    finally:
+        impls["spikingjelly"]()
+    assert selection._requested == "auto"
+    assert "sj-triton" not in peers("AdExNode", torch.device("cuda"), torch.float32, False)
