@@ -7,6 +7,7 @@ launch, the CPU call and the emulated CUDA call pass the same arguments.
 """
 import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -32,7 +33,28 @@ CPP_DTYPES = {"float32": DTYPES["float32"], "float64": DTYPES["float64"],
 TARGETS = ("cuda", "cpp")
 KINDS = ("forward", "backward")
 PARAM_KINDS = ("scalar", "neuron", "shared")
-CPU_BLOCK = 2048
+# C++ kernels: neurons per block at most, and the stack a block's per-neuron arrays may
+# take on each thread; the block size itself is chosen per call (runtime.cpu_blocks)
+CPU_BLOCK = 8192
+CPU_STACK_BUDGET = 256 << 10
+
+
+def cpu_max_block(n_arrays: int, compute: str) -> int:
+    """The largest block (a power of two from 256 to ``CPU_BLOCK``) whose ``n_arrays``
+    per-neuron arrays of ``compute`` values fit in ``CPU_STACK_BUDGET``."""
+    size = 8 if compute == "double" else 4
+    block = CPU_BLOCK
+    while block > 256 and block * size * max(n_arrays, 1) > CPU_STACK_BUDGET:
+        block //= 2
+    return block
+
+
+def cpu_max_block_of(source: str) -> int:
+    """The ``NG_BLOCK`` a C++ kernel's source was generated with."""
+    match = re.search(r"^#define NG_BLOCK (\d+)$", source, re.M)
+    if match is None:
+        raise ValueError("not a neurogen C++ kernel source (no NG_BLOCK)")
+    return int(match.group(1))
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("neurogen", "templates"),
@@ -319,7 +341,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
     ctx = dict(model=model.name, spec_hash=model.spec_hash, config_hash=config_hash,
                target=target, io_t=io_t, compute_t=compute_t, load_io=load, store_io=store,
                name=name, signature=_signature(kernel_args(model, kind, cfg)),
-               states=list(model.state_names), block=CPU_BLOCK)
+               states=list(model.state_names))
     if kind == "forward":
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)
     elif kind == "backward":
@@ -333,6 +355,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
         ctx["carried"] = list(model.state_names) + constant_names
     else:
         ctx["carried"] = constant_names + carried
+    ctx["block"] = cpu_max_block(len(ctx["carried"]), compute_t)
     ext = "cu" if target == "cuda" else "cpp"
     template = f"{target}_{kind}.{ext}.j2"
     ctx["template"] = template

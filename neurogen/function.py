@@ -7,7 +7,8 @@ from typing import Dict, Tuple
 import torch
 
 from . import memory, runtime
-from .codegen import CPU_BLOCK, KernelConfig, build_ir, derivation, kernel_args, render_ir
+from .codegen import (KernelConfig, build_ir, cpu_max_block_of, derivation, kernel_args,
+                      render_ir)
 from .spec.model import NeuronModel
 
 TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
@@ -32,7 +33,9 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
-        return runtime.compile_kernel(source, name)
+        fn = runtime.compile_kernel(source, name)
+        fn.ng_max_block = cpu_max_block_of(source)
+        return fn
     return runtime.cuda_function(source, name, device)
 
 
@@ -72,7 +75,7 @@ class Plan:
         fn, args, _ = entry
         packed = runtime.pack_args(args, {**values, **dict(self.scalars)}, self.compute)
         if self.backend == "cpu":
-            runtime.launch_cpu(fn, packed, n, CPU_BLOCK, values["ng_T"], fn.ng_openmp)
+            runtime.launch_cpu(fn, packed, n, fn.ng_max_block, values["ng_T"], fn.ng_openmp)
         elif self.backend == "cuda-emulated":
             runtime.launch_emulated(fn, packed, n)
         else:

@@ -368,15 +368,28 @@ def _ctypes_call(fn, packed):
     fn(*[v for _, v in packed])
 
 
-def launch_cpu(fn, packed, n, block, T, openmp=False):
+def cpu_blocks(n: int, max_block: int, workers: int):
+    """``(block size, number of blocks)`` for ``n`` neurons on ``workers`` threads: as
+    few blocks as ``max_block`` allows, a multiple of ``workers`` (so a static split is
+    even), of a size rounded up to 16 neurons (64-byte runs of float)."""
+    per_worker_blocks = max(1, -(-n // (workers * max_block)))
+    size = -(-n // (workers * per_worker_blocks))
+    size = min(max_block, -(-size // 16) * 16)
+    return size, -(-n // size)
+
+
+def launch_cpu(fn, packed, n, max_block, T, openmp=False):
     """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
     over neuron blocks (``openmp``, see :func:`cpu_threading`) or, otherwise, blocks
-    split over Python threads (ctypes releases the GIL during the call)."""
+    split over Python threads (ctypes releases the GIL during the call). Blocks hold at
+    most ``max_block`` neurons (the kernel's ``NG_BLOCK``); see :func:`cpu_blocks`."""
     import torch
-    blocks = (n + block - 1) // block
-    workers = max(1, min(torch.get_num_threads(), blocks))
+    workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
     if n * T < 1 << 15:
         workers = 1  # too small to pay for waking threads
+    size, blocks = cpu_blocks(n, max_block, workers)
+    workers = min(workers, blocks)
+    packed = packed + [("i64", size)]
     if workers == 1 or openmp:
         _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks), ("i32", workers)])
         return

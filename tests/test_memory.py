@@ -184,3 +184,39 @@ def test_a_broken_source_still_raises_compile_error(monkeypatch):
     with pytest.raises(ng.CompileError):
         runtime.compile_kernel('extern "C" void f() { not C++ }', "f")
     assert not runtime._openmp_failed  # a bad source does not turn OpenMP off
+
+
+def test_cpu_blocks_split_evenly_within_the_largest_block():
+    for n, max_block, workers in [(65536, 8192, 2), (20000, 8192, 2), (17, 8192, 2),
+                                  (1, 8192, 1), (100_000, 256, 3), (8193, 8192, 1)]:
+        size, blocks = runtime.cpu_blocks(n, max_block, workers)
+        assert size <= max_block and size % 16 == 0
+        assert (blocks - 1) * size < n <= blocks * size
+    assert runtime.cpu_blocks(20000, 8192, 2) == (5008, 4)   # 2 blocks per thread, not 2 + 1
+    assert runtime.cpu_blocks(65536, 8192, 2) == (8192, 8)
+
+
+def test_cpu_block_arrays_stay_within_the_stack_budget():
+    from neurogen.codegen import CPU_BLOCK, CPU_STACK_BUDGET, cpu_max_block
+    assert cpu_max_block(3, "float") == CPU_BLOCK
+    for n_arrays in (1, 8, 9, 40, 200):
+        for compute, size in (("float", 4), ("double", 8)):
+            block = cpu_max_block(n_arrays, compute)
+            assert 256 <= block <= CPU_BLOCK
+            assert block == 256 or block * size * n_arrays <= CPU_STACK_BUDGET
+
+
+def test_results_do_not_depend_on_the_block_size(monkeypatch):
+    x = (torch.rand(12, 5000, generator=torch.Generator().manual_seed(3)) * 2).requires_grad_()
+    g = torch.rand(12, 5000, generator=torch.Generator().manual_seed(4))
+    out = {}
+    for name, blocks in (("default", runtime.cpu_blocks),
+                         ("small", lambda n, max_block, workers: (16, -(-n // 16)))):
+        monkeypatch.setattr(runtime, "cpu_blocks", blocks)
+        node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
+        x.grad = None
+        spikes = node(x)
+        spikes.backward(g)
+        out[name] = (spikes.detach().clone(), node.v.detach().clone(), x.grad.clone())
+    for a, b in zip(out["default"], out["small"]):
+        assert torch.equal(a, b)
