@@ -267,7 +267,7 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
     return out
 
 
-def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, target: str):
+def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
     """Lines before, inside and after the backward time loop.
 
     Returns ``(before, body, body_first, after, carried)``. Both targets run ``body`` for
@@ -346,7 +346,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)
     elif kind == "backward":
         (ctx["before_loop"], ctx["step"], ctx["step_first"], ctx["after_loop"],
-         carried) = _backward_parts(model, step, bw, cfg, lines, target)
+         carried) = _backward_parts(model, step, bw, cfg, lines)
     else:
         raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
     ctx["uniform_constants"], ctx["constants"], constant_names = lines.constants(model, cfg)
