@@ -56,10 +56,19 @@ def cpu_max_block_of(source: str) -> int:
         raise ValueError("not a neurogen C++ kernel source (no NG_BLOCK)")
     return int(match.group(1))
 
+# C math functions the C++ kernels declare (sympy's C99 printer can emit each of them;
+# float kernels call the ``f`` variants)
+MATH_UNARY = ("fabs", "exp", "exp2", "expm1", "log", "log10", "log2", "log1p", "sqrt",
+              "cbrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh",
+              "asinh", "acosh", "atanh", "erf", "erfc", "tgamma", "lgamma", "floor", "ceil",
+              "trunc", "round")
+MATH_BINARY = ("pow", "atan2", "fmod", "hypot", "fmax", "fmin", "copysign", "fdim")
+
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("neurogen", "templates"),
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     keep_trailing_newline=True)
+_env.globals.update(math_unary=MATH_UNARY, math_binary=MATH_BINARY)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def test_emit_half_precision_cuda_backward(runs):
 def test_emit_cpp(runs):
     out = ok(runs["emit_cpp"])
     assert out.startswith("// neurogen: model lif_node, template cpp_forward.cpp.j2")
-    assert "#include <math.h>" in out
+    assert "#include <stdint.h>" in out and 'extern "C" float expf(float) noexcept;' in out
     assert re.search(r'extern "C" void ng_lif_node_forward_float32_\w+\(', out)
     assert "__global__" not in out and "threadIdx" not in out
 
