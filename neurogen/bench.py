@@ -156,8 +156,9 @@ def workload_bytes(model, elem, T, N, backward):
 
 def shapes(device, quick=False, Ts=None, Ns=None):
     """The (T, N) pairs to time. Given both ``Ts`` and ``Ns``: their grid. Otherwise a
-    cross: T swept at a fixed N (the largest given, or 2^16 on CPU, 2^20 on GPU) and N
-    swept at T = 64 (or the largest T given)."""
+    cross: T swept at a fixed N (the largest given, or 2^16 on CPU, 2^20 on GPU), then N
+    swept at T = 64 (or the largest T given); :func:`run` relies on the N sweep coming
+    last."""
     if Ts is not None and Ns is not None:
         return [(T, N) for T in Ts for N in Ns]
     gpu = device.type == "cuda"
@@ -191,8 +192,9 @@ def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, N
         for dtype in dtypes:
             todo = pairs
             if dtype != dtypes[0] and (Ts is None or Ns is None):
-                # other dtypes of a cross: the two largest sizes of its N sweep (their
-                # point is the bytes they save, where bytes dominate)
+                # other dtypes of a cross: the two largest sizes of its N sweep, the pairs
+                # at the T of the last pair (their point is the bytes they save, where
+                # bytes dominate)
                 todo = sorted(p for p in pairs if p[0] == pairs[-1][0])[-2:]
             for backward in (False, True):
                 for T, N in todo:
