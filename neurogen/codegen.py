@@ -15,7 +15,7 @@ import jinja2
 import sympy as sp
 
 from . import surrogate as sg
-from .derive import GSPIKE, U, Backward, Hoister, P, Step, derive_backward
+from .derive import GSPIKE, SG, U, Backward, Hoister, P, Step, derive_backward
 from .printer import KernelPrinter
 from .spec.model import NeuronModel, spike, spike_d
 
@@ -276,7 +276,34 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
     return out
 
 
-def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
+def _separate_surrogate(expr) -> bool:
+    """Whether the C++ backward computes the surrogate derivative in its own pass: when it
+    calls a transcendental function (exp, erf, sigmoid', ...), whose long dependency chain
+    the main loop did not overlap. Rational, piecewise and max/min forms stay inline, where
+    they cost less than a pass over a buffer. Measured (PERF_NOTES.md 16, backward kernel,
+    Izhikevich, T = 64, N = 2^16, inline -> pass): Sigmoid 3.52 -> 3.06 ms, PiecewiseExp
+    4.56 -> 3.56, Erf 3.98 -> 3.46; Rect 2.18 -> 2.27, SoftSign 2.43 -> 2.51, ATan and
+    SuperSpike level."""
+    if expr is None:
+        return False
+    return any(isinstance(e, sp.Function) and not isinstance(e, (sp.Abs, sp.Piecewise))
+               for e in sp.preorder_traversal(expr))
+
+
+def _surrogate_pass(step: Step, bw: Backward, lines: _Lines) -> List[str]:
+    """C++ backward: the surrogate derivative of one chunk of neurons, computed in a loop of
+    its own from the saved values (``ng_sgbuf``) before the step's main loop. Alone, the
+    exponential's long dependency chain is overlapped across neurons; inside the main loop
+    it was not (PERF_NOTES.md 16)."""
+    fire_states = [s for s in bw.saved if step.V[s] in step.fire.free_symbols]
+    out = [f"const compute_t {step.V[s]} = ng_ld(saved_{s}[ng_ti]);" for s in fire_states]
+    out += lines.block([(U, step.fire)])
+    out += lines.block([(SG, bw.surrogate)])
+    out.append(f"ng_sgbuf[ng_j - ng_c] = {SG};")
+    return out
+
+
+def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, sg_pass=False):
     """Lines before, inside and after the backward time loop.
 
     Returns ``(before, body, body_first, after, carried)``. Both targets run ``body`` for
@@ -289,8 +316,8 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
     before += [f"compute_t ng_sv_{s} = ng_ld(saved_{s}[(ng_int64)(ng_T - 1) * ng_N + ng_i]);"
                for s in bw.saved]
     before += [f"compute_t ng_acc_{k} = {lines.p(sp.Integer(0))};" for k in bw.learnable]
-    body = _backward_body(model, step, bw, cfg, lines, "inner")
-    body_first = _backward_body(model, step, bw, cfg, lines, "first")
+    body = _backward_body(model, step, bw, cfg, lines, "inner", sg_pass)
+    body_first = _backward_body(model, step, bw, cfg, lines, "first", sg_pass)
     after = [f"grad_init_{s}[ng_i] = ng_io(ng_g_{s});" for s in states]
     after += [f"grad_p_{k}[ng_i] = ng_acc_{k};" for k in bw.learnable]
     carried = ([f"ng_g_{s}" for s in states] + [f"ng_sv_{s}" for s in bw.saved]
@@ -298,9 +325,11 @@ def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines):
     return before, body, body_first, after, carried
 
 
-def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: str):
+def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: str,
+                   sg_pass=False):
     """One backward step. ``phase``: "inner" (t > 0) or "first" (t == 0: previous states
-    are the initial ones, nothing older is loaded)."""
+    are the initial ones, nothing older is loaded). ``sg_pass``: the surrogate derivative
+    comes from :func:`_surrogate_pass`'s buffer."""
     states = model.state_names
     sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
     body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
@@ -323,6 +352,11 @@ def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: s
     if bw.needs_u:
         body += lines.block([(U, step.fire)])
         body.append(lines.spike("spike", "ng_u"))
+    if bw.surrogate is not None:
+        if sg_pass:
+            body.append(f"const compute_t {SG} = ng_sgbuf[ng_j - ng_c];")
+        else:
+            body += lines.block([(SG, bw.surrogate)])
     if cfg.grad_v_seq:
         body.append(f"ng_g_{model.v_name} += ng_ld(grad_v_seq[ng_ti]);")
     body.append(f"const compute_t {GSPIKE} = ng_ld(grad_spike_seq[ng_ti]);")
@@ -354,8 +388,10 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
     if kind == "forward":
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)
     elif kind == "backward":
+        sg_pass = target == "cpp" and _separate_surrogate(bw.surrogate)
         (ctx["before_loop"], ctx["step"], ctx["step_first"], ctx["after_loop"],
-         carried) = _backward_parts(model, step, bw, cfg, lines)
+         carried) = _backward_parts(model, step, bw, cfg, lines, sg_pass)
+        ctx["sg_pass"] = _surrogate_pass(step, bw, lines) if sg_pass else []
     else:
         raise ValueError(f"kernel kind must be one of {KINDS}, not {kind!r}")
     ctx["uniform_constants"], ctx["constants"], constant_names = lines.constants(model, cfg)

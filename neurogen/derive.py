@@ -8,10 +8,12 @@ name neurogen adds starts with ``ng_``):
 - ``v``: a state before the step (after the previous reset),
 - ``ng_h_v``: its charged value, ``ng_a_v``: its adapted value,
 - ``ng_u``: the fire expression, ``spike``: ``ng_u >= 0``,
+- ``ng_sg``: the surrogate derivative at ``ng_u`` (kept as one value: the C++ backward
+  computes it in a pass of its own before the step's other arithmetic),
 - ``ng_g_v``: gradient of the loss w.r.t. ``v`` after this step's reset.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import sympy as sp
 from sympy.functions.elementary.piecewise import ExprCondPair
@@ -19,6 +21,7 @@ from sympy.functions.elementary.piecewise import ExprCondPair
 from .spec.model import NeuronModel, spike, spike_d
 
 U = sp.Symbol("ng_u")
+SG = sp.Symbol("ng_sg")
 GSPIKE = sp.Symbol("ng_gspike")
 
 
@@ -95,6 +98,7 @@ class Backward:
     needs_h: Tuple[str, ...]         # adapted states whose charged value is recomputed
     needs_u: bool
     learnable: Tuple[str, ...] = field(default=())
+    surrogate: Optional[sp.Expr] = None  # ng_sg's value (a function of ng_u); None if unused
 
 
 def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: bool,
@@ -125,7 +129,9 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
         else:
             gV[s] += G(s)
     gsp_sym = emit("ng_gsp", gsp)
-    gu = emit("ng_gu", gsp_sym * surrogate_derivative.xreplace({sp.Symbol("u"): U}))
+    surrogate_at_u = surrogate_derivative.xreplace({sp.Symbol("u"): U})
+    emit(SG.name, surrogate_at_u)
+    gu = emit("ng_gu", gsp_sym * SG)
     # fire: u = fire(V)
     for q in states:
         gV[q] += gu * sp.diff(step.fire, V[q])
@@ -158,14 +164,17 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
     stages = [(sym, e.xreplace({spike_d: spike})) for sym, e in stages]
     composed = {}
     for sym, e in stages:
-        composed[sym] = e.xreplace(composed)
+        if sym != SG:  # the outputs keep ng_sg as a symbol (Backward.surrogate defines it)
+            composed[sym] = e.xreplace(composed)
     outputs = {name: composed[sym] for name, sym in out_syms.items()}
-    return _with_needs(step, stages, outputs, tuple(k.name for k in params))
+    return _with_needs(step, stages, outputs, tuple(k.name for k in params), surrogate_at_u)
 
 
-def _with_needs(step: Step, stages, outputs, learnable) -> Backward:
+def _with_needs(step: Step, stages, outputs, learnable, surrogate) -> Backward:
     """Decide which per-step values the backward must save or recompute."""
     used = set().union(*(e.free_symbols for e in outputs.values()))
+    if SG in used:
+        used |= surrogate.free_symbols
     states = step.states
     unchanged = {s for s in states if s not in step.charge and s not in step.adapt}
     saved, prev, need_h = set(), set(), set()
@@ -196,7 +205,7 @@ def _with_needs(step: Step, stages, outputs, learnable) -> Backward:
     order = lambda names: tuple(s for s in states if s in names)  # noqa: E731
     return Backward(stages=stages, outputs=outputs, saved=order(saved), needs_x=needs_x,
                     needs_prev=order(prev), needs_h=order(need_h), needs_u=needs_u,
-                    learnable=learnable)
+                    learnable=learnable, surrogate=surrogate if SG in used else None)
 
 
 class Hoister:

@@ -51,6 +51,7 @@ _BACKWARD_NAMES = [
     (re.compile(r"ng_gspike"), lambda m, n: r"\bar{%s}^{\mathrm{out}}" % n["spike"]),
     (re.compile(r"ng_gsp"), lambda m, n: r"\bar{%s}" % n["spike"]),
     (re.compile(r"ng_gu"), lambda m, n: r"\bar{%s}" % n["u"]),
+    (re.compile(r"ng_sg"), lambda m, n: r"g'(%s)" % n["u"]),
     (re.compile(r"ng_gx"), lambda m, n: r"\bar{%s}" % n["x"]),
     (re.compile(r"ng_g_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{R}}" % _tex(m[1])),
     (re.compile(r"ng_gV_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{A}}" % _tex(m[1])),

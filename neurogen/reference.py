@@ -6,10 +6,17 @@ independent oracle."""
 import sympy as sp
 import torch
 
-from .spec.functions import sigmoid
+from .spec.functions import sigmoid, sigmoid_grad
+
+
+def _sigmoid_grad(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
 
 _UNARY = {sp.exp: torch.exp, sp.log: torch.log, sp.tanh: torch.tanh, sp.sin: torch.sin,
-          sp.cos: torch.cos, sp.atan: torch.atan, sigmoid: torch.sigmoid, sp.Abs: torch.abs}
+          sp.cos: torch.cos, sp.atan: torch.atan, sigmoid: torch.sigmoid, sp.Abs: torch.abs,
+          sigmoid_grad: _sigmoid_grad}
 
 
 def evaluate(expr, env, like: torch.Tensor):

@@ -23,7 +23,9 @@ v, x, tau = sp.symbols("v x tau")
     (v ** sp.Rational(3, 2), "powf(v, (3.0F/2.0F))", "pow(v, (3.0/2.0))"),
     (sp.pi * v, "3.141592653589793F*v", "3.141592653589793*v"),
     (ng.sigmoid(v), "ng_sigmoid(v)", "ng_sigmoid(v)"),
-    (sp.Max(0, v), "fmaxf(0.0F, v)", "fmax(0.0, v)"),
+    (sp.Max(0, v), "ng_fmax(0.0F, v)", "ng_fmax(0.0, v)"),
+    (sp.Min(v, 1, x), "ng_fmin(1.0F, ng_fmin(v, x))", "ng_fmin(1.0, ng_fmin(v, x))"),
+    (ng.spec.functions.sigmoid_grad(2 * v), "ng_sigmoid_grad(2.0F*v)", "ng_sigmoid_grad(2.0*v)"),
     (sp.Piecewise((v, v < 1), (0, True)), "((v < 1.0F) ? (v) : (0.0F))",
      "((v < 1.0) ? (v) : (0.0))"),
 ])

@@ -53,7 +53,8 @@ def test_backward_in_latex():
     assert len(rows(tex)) == len(bw.stages)
     assert rows(tex)[0] == (r"\bar{s} &= b \bar{w}^{\mathrm{R}} + \bar{v}^{\mathrm{R}} "
                             r"\left(- H_{v} + v_{reset}\right) + \bar{s}^{\mathrm{out}}")
-    assert r"\bar{u} &= \bar{s} \alpha_{\mathrm{sg}} " in tex
+    assert r"g'(u) &= \alpha_{\mathrm{sg}} \operatorname{sigmoid}'\left(u \alpha_{\mathrm{sg}}\right)" in tex
+    assert r"\bar{u} &= \bar{s} g'(u)" in tex
     assert r"\bar{v}_{t-1} &= " in tex and r"\bar{w}_{t-1} &= " in tex
     assert rows(tex)[-1] == r"\bar{x} &= \frac{\bar{v}^{\mathrm{H}}}{\tau}"
 
@@ -66,7 +67,7 @@ def test_backward_options():
     assert rows(backward_latex(LIF))[0] != r"\bar{s} &= \bar{s}^{\mathrm{out}}"
     assert rows(backward_latex(LIF, detach_reset=True))[0] == r"\bar{s} &= \bar{s}^{\mathrm{out}}"
     custom = ng.surrogate.Custom(derivative="1 / (1 + u**2)", name="cauchy")
-    assert r"\bar{u} &= \frac{\bar{s}}{u^{2} + 1}" in backward_latex(LIF, custom)
+    assert r"g'(u) &= \frac{1}{u^{2} + 1} \\ \bar{u} &= \bar{s} g'(u)" in backward_latex(LIF, custom)
 
 
 SURROGATES = [cls() for cls in ng.surrogate.LIBRARY]

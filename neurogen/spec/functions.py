@@ -18,6 +18,29 @@ class sigmoid(sp.Function):
         return self.args[0].is_real
 
 
+class sigmoid_grad(sp.Function):
+    """``sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))``, printed as ``ng_sigmoid_grad``.
+
+    Kernels compute it as ``e / (1 + e)^2`` with ``e = exp(-|z|)``: one exponential that
+    cannot overflow, and no ``1 - sigmoid(z)`` cancellation for large ``z``. The Sigmoid
+    surrogate's kernels use it (:meth:`neurogen.surrogate.Sigmoid.kernel_derivative`)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        z = self.args[0]
+        return sigmoid_grad(z) * (1 - 2 * sigmoid(z))
+
+    def _eval_rewrite_as_exp(self, z, **kwargs):
+        return sp.exp(-z) / (1 + sp.exp(-z)) ** 2
+
+    def _latex(self, printer):
+        return r"\operatorname{sigmoid}'\left(%s\right)" % printer._print(self.args[0])
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
 # Functions an equation may call, by the name a string equation uses.
 FUNCTIONS = {
     "exp": sp.exp,
