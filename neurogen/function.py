@@ -33,7 +33,7 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     target = "cpp" if backend == "cpu" else "cuda"
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
-        fn = runtime.compile_kernel(source, name)
+        fn = runtime.compile_kernel(source, name, fma=dtype != "float64")
         fn.ng_max_block = cpu_max_block_of(source)
         return fn
     return runtime.cuda_function(source, name, device)

@@ -26,6 +26,14 @@ CPU_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fopenmp
              "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 # The same, with OpenMP's parallel loop over neuron blocks enabled (cpu_threading "openmp").
 CPU_OPENMP_FLAGS = tuple(f for f in CPU_FLAGS if f != "-fopenmp-simd") + ("-fopenmp",)
+# Float kernels let the compiler fuse a * b + c into FMAs (about 4% of the Izhikevich
+# training step's kernel time, PERF_NOTES.md 18); double kernels stay unfused, so they
+# give the same bits as the emulated CUDA kernels built with CPU_FLAGS.
+FMA_FLAG = "-ffp-contract=fast"
+
+
+def _with_fma(flags):
+    return tuple(FMA_FLAG if f == "-ffp-contract=off" else f for f in flags)
 _lock = threading.Lock()
 _loaded = {}
 _functions = {}
@@ -106,20 +114,23 @@ def cpu_threading() -> str:
     return "openmp" if loaded else "pool"
 
 
-def compile_kernel(source: str, name: str):
+def compile_kernel(source: str, name: str, fma: bool = False):
     """Compile a CPU neuron kernel for :func:`cpu_threading`. Returns the ctypes function,
     with ``ng_openmp`` telling whether it runs its own OpenMP loop (see :func:`launch_cpu`).
+    ``fma``: let the compiler contract ``a * b + c`` into fused multiply-adds (float
+    kernels; results then depend on where the compiler fuses).
 
     When the compiler cannot build with ``-fopenmp`` (e.g. ``CXX=clang++`` without
     libomp) the kernel is built without it, with one warning, and runs on the Python
     thread pool; a source that does not compile either way raises :class:`CompileError`."""
+    flags = _with_fma(CPU_FLAGS) if fma else CPU_FLAGS
     if cpu_threading() == "openmp" and not _openmp_failed:
         try:
-            fn = compile_cpp(source, name, CPU_OPENMP_FLAGS)
+            fn = compile_cpp(source, name, _with_fma(CPU_OPENMP_FLAGS) if fma else CPU_OPENMP_FLAGS)
             fn.ng_openmp = True
             return fn
         except CompileError as exc:
-            fn = compile_cpp(source, name, CPU_FLAGS)  # raises if the source is at fault
+            fn = compile_cpp(source, name, flags)  # raises if the source is at fault
             _openmp_failed.append(exc)
             log = (exc.log or "").strip().splitlines() or [str(exc).splitlines()[0]]
             warn_once(f"neurogen: {cxx()} cannot build the CPU kernels with -fopenmp "
@@ -127,7 +138,7 @@ def compile_kernel(source: str, name: str):
                       "Python thread pool instead, which competes with torch's OpenMP threads "
                       "(slower in training loops). Install the compiler's OpenMP runtime or "
                       "use g++ (set $CXX)")
-    fn = compile_cpp(source, name, CPU_FLAGS)
+    fn = compile_cpp(source, name, flags)
     fn.ng_openmp = False
     return fn
 

@@ -20,7 +20,8 @@ extern "C" void ng_test_FN(const float* z, float* out, const long n) {
     for (long i = 0; i < n; ++i) out[i] = FN(z[i]);
 }
 """.replace("FN", function)
-    fn = runtime.compile_cpp(source, f"ng_test_{function}")
+    # built as the float kernels are, with FMA contraction
+    fn = runtime.compile_cpp(source, f"ng_test_{function}", runtime._with_fma(runtime.CPU_FLAGS))
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
     return fn
 
