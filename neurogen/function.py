@@ -119,7 +119,7 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
     io = dict(dtype=x_seq.dtype, device=x_seq.device)
     use_vseq = plan.cfg.store_v_seq and g_vseq is not None
     cfg = dataclasses.replace(plan.cfg, grad_v_seq=use_vseq)
-    zeros_n = torch.zeros(N, **io)
+    zeros_n = memory.constant((N,), 0.0, io["dtype"], io["device"])
     values = {"ng_T": T, "ng_N": N,
               "grad_spike_seq": (g_spike.contiguous() if g_spike is not None
                                  else torch.zeros(T, N, **io))}
@@ -155,6 +155,9 @@ class MultiStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: Plan, x_seq, *tensors):
+        # outputs the loss does not use (final states, v_seq) get None, not zero tensors
+        # autograd would fill per call; run_backward reads None as zeros
+        ctx.set_materialize_grads(False)
         outputs, saved = run_forward(plan, x_seq, tensors)
         if plan.cfg.save:
             ctx.save_for_backward(x_seq, *tensors, *saved)

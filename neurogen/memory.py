@@ -109,6 +109,35 @@ def empty_like(t):
     return empty(t.shape, t.dtype, t.device)
 
 
+# Constant CPU tensors by (shape, value, dtype): a training loop's initial states and zero
+# gradients would otherwise be filled on every call; on the 2-core CI machine each fill
+# right after a kernel cost 30-60 us (PERF_NOTES.md 19). A few entries suffice.
+_CONSTANTS_KEPT = 16
+_constants = {}
+_constants_lock = threading.Lock()
+
+
+def constant(shape, value, dtype, device):
+    """A tensor of ``shape`` filled with ``value`` that the caller only reads (kernel
+    inputs). On the CPU the same tensor is handed out again for the same shape, value and
+    dtype; one that was changed in place since (its version counter moved) is refilled.
+    Other devices get a fresh ``torch.full``."""
+    shape = tuple(int(s) for s in shape)
+    device = torch.device(device)
+    if device.type != "cpu":
+        return torch.full(shape, float(value), dtype=dtype, device=device)
+    key = (shape, repr(float(value)), dtype)
+    with _constants_lock:
+        entry = _constants.pop(key, None)
+        if entry is None or entry[0]._version != entry[1]:
+            t = torch.full(shape, float(value), dtype=dtype)
+            entry = (t, t._version)
+        _constants[key] = entry  # most recent last
+        while len(_constants) > _CONSTANTS_KEPT:
+            _constants.pop(next(iter(_constants)))
+        return entry[0]
+
+
 def set_cpu_cache_limit(nbytes: int):
     """Keep at most ``nbytes`` of freed CPU output blocks for reuse (0: no caching).
     Lowering the limit releases the blocks above it."""

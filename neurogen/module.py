@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import reference, runtime
+from . import memory, reference, runtime
 from . import surrogate as sg
 from .codegen import make_config
 from .errors import BackendUnavailableError
@@ -154,7 +154,7 @@ class NeuronModule(nn.Module):
             if isinstance(value, torch.Tensor):
                 out[s] = torch.zeros(shape, dtype=like.dtype, device=like.device) + value
             else:
-                out[s] = torch.full(shape, float(value), dtype=like.dtype, device=like.device)
+                out[s] = _full(shape, value, like)
         return out
 
     def _states_for(self, x_seq):
@@ -165,7 +165,7 @@ class NeuronModule(nn.Module):
             current = {s: (init[s] if v is None else v) for s, v in current.items()}
         for s, v in current.items():
             if not isinstance(v, torch.Tensor):
-                current[s] = torch.full(shape, float(v), dtype=x_seq.dtype, device=x_seq.device)
+                current[s] = _full(shape, v, x_seq)
             elif v.shape != shape:
                 raise ValueError(f"state {s!r} has shape {tuple(v.shape)} but the input's neuron "
                                  f"shape is {tuple(shape)}; call reset() before changing the "
@@ -342,6 +342,14 @@ def _detached(memories, graph_only=False):
     """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""
     return {k: (v.detach() if isinstance(v, torch.Tensor) and not (graph_only and v.grad_fn is None)
                 else v) for k, v in memories.items()}
+
+
+def _full(shape, value, like):
+    """A constant initial state: shared between calls in eager mode (memory.constant), a
+    plain ``torch.full`` inside a torch.compile graph."""
+    if _compiling():
+        return torch.full(shape, float(value), dtype=like.dtype, device=like.device)
+    return memory.constant(shape, value, like.dtype, like.device)
 
 
 def _compiling():

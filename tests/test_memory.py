@@ -220,3 +220,39 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch):
         out[name] = (spikes.detach().clone(), node.v.detach().clone(), x.grad.clone())
     for a, b in zip(out["default"], out["small"]):
         assert torch.equal(a, b)
+
+
+def test_constant_tensors_are_shared_and_refilled_after_a_change():
+    a = memory.constant((1000,), 0.5, torch.float32, "cpu")
+    assert torch.equal(a, torch.full((1000,), 0.5))
+    assert memory.constant((1000,), 0.5, torch.float32, "cpu") is a
+    assert memory.constant((1000,), 0.25, torch.float32, "cpu") is not a
+    assert memory.constant((1000,), 0.5, torch.float64, "cpu").dtype == torch.float64
+    a.add_(1.0)  # someone wrote into it: the next caller gets a fresh one, filled right
+    b = memory.constant((1000,), 0.5, torch.float32, "cpu")
+    assert b is not a and torch.equal(b, torch.full((1000,), 0.5))
+    nan = memory.constant((3,), float("nan"), torch.float32, "cpu")
+    assert nan.isnan().all() and memory.constant((3,), float("nan"), torch.float32, "cpu") is nan
+    for k in range(40):  # bounded
+        memory.constant((k + 1,), 0.0, torch.float32, "cpu")
+    assert len(memory._constants) <= memory._CONSTANTS_KEPT
+
+
+def test_initial_states_from_the_constant_cache_stay_correct():
+    # a training loop from reset(): the shared initial states are only read, and a loss on
+    # the final state alone (spikes and v_seq unused: autograd passes None for them)
+    node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
+    x = (torch.rand(6, 300, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_()
+    grads = []
+    for _ in range(3):
+        node.reset()
+        node(x)
+        x.grad = None
+        node.v.sum().backward()
+        grads.append(x.grad.clone())
+    assert grads[0].abs().sum() > 0 and all(torch.equal(grads[0], g) for g in grads[1:])
+    ref = neuron.IzhikevichNode(step_mode="m", backend="torch")
+    x.grad = None
+    ref(x)
+    ref.v.sum().backward()
+    torch.testing.assert_close(grads[0], x.grad, rtol=1e-4, atol=1e-5)
