@@ -285,8 +285,8 @@ class NeuronModule(nn.Module):
                 learnable.append(k)
         needs_grad = torch.is_grad_enabled() and (
             x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
-        inits = [states[s].reshape(N).contiguous() for s in model.state_names]
-        x2d = x_seq.reshape(T, N).contiguous()
+        inits = [_as_shape(states[s], (N,)).contiguous() for s in model.state_names]
+        x2d = _as_shape(x_seq, (T, N)).contiguous()
         if _compiling():
             # torch.compile: one custom op per call; the plan is built outside the graph
             key, values = _compiled_plan(self, backend, dtype, tuple(kinds.items()),
@@ -298,9 +298,9 @@ class NeuronModule(nn.Module):
                               scalars)
             out = MultiStep.apply(plan, x2d, *inits, *tensors)
         spike_seq, v_seq, finals = out[0], out[1], out[2:2 + len(model.state_names)]
-        finals = {s: f.view(shape) for s, f in zip(model.state_names, finals)}
-        v_seq = v_seq.view(x_seq.shape) if self.store_v_seq else None
-        return spike_seq.view(x_seq.shape), v_seq, finals
+        finals = {s: _as_shape(f, shape) for s, f in zip(model.state_names, finals)}
+        v_seq = _as_shape(v_seq, x_seq.shape) if self.store_v_seq else None
+        return _as_shape(spike_seq, x_seq.shape), v_seq, finals
 
     def _plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
         """The :class:`Plan` of one call, reused while nothing it depends on changes (its
@@ -342,6 +342,12 @@ def _detached(memories, graph_only=False):
     """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""
     return {k: (v.detach() if isinstance(v, torch.Tensor) and not (graph_only and v.grad_fn is None)
                 else v) for k, v in memories.items()}
+
+
+def _as_shape(t, shape):
+    """``t.reshape(shape)``, or ``t`` itself when it has that shape already: a reshape to
+    the same shape still adds a view node that autograd runs in every backward."""
+    return t if t.shape == tuple(shape) else t.reshape(shape)
 
 
 def _full(shape, value, like):
