@@ -17,6 +17,7 @@ import sympy as sp
 from . import surrogate as sg
 from .derive import GSPIKE, SG, U, Backward, Hoister, P, Step, derive_backward
 from .printer import KernelPrinter
+from .spec.functions import sigmoid, sigmoid_grad
 from .spec.model import NeuronModel, spike, spike_d
 
 DTYPES = {  # name: (C type of tensors, compute type, load, store)
@@ -276,25 +277,26 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
     return out
 
 
-def _separate_surrogate(expr) -> bool:
-    """Whether the C++ backward computes the surrogate derivative in its own pass: when it
-    calls a transcendental function (exp, erf, sigmoid', ...), whose long dependency chain
-    the main loop did not overlap. Rational, piecewise and max/min forms stay inline, where
-    they cost less than a pass over a buffer. Measured (PERF_NOTES.md 16, backward kernel,
-    Izhikevich, T = 64, N = 2^16, inline -> pass): Sigmoid 3.52 -> 3.06 ms, PiecewiseExp
-    4.56 -> 3.56, Erf 3.98 -> 3.46; Rect 2.18 -> 2.27, SoftSign 2.43 -> 2.51, ATan and
-    SuperSpike level."""
+def _separate_surrogate(expr, compute: str) -> bool:
+    """Whether the C++ backward computes the surrogate derivative in its own pass: when
+    it calls a math-library function (``expf`` through libmvec, or libm's scalar ``exp`` in
+    double kernels). The call spills every vector register of a long loop body (a scalar
+    call keeps the whole loop scalar); in a short loop of its own it costs far less.
+    Functions the float kernels inline (``sigmoid``, ``sigmoid'``), and rational, piecewise
+    and max/min forms stay in the main loop. Measured (PERF_NOTES.md 16, Izhikevich
+    backward, T = 64, N = 2^16, in-process replays): Erf 5.3 -> 4.2 ms, PiecewiseExp 4.2 ->
+    3.7 with the pass; Sigmoid float 2.90 inline against 3.00 with it."""
     if expr is None:
         return False
-    return any(isinstance(e, sp.Function) and not isinstance(e, (sp.Abs, sp.Piecewise))
+    inlined = (sp.Abs, sp.Piecewise) + ((sigmoid, sigmoid_grad) if compute == "float" else ())
+    return any(isinstance(e, sp.Function) and not isinstance(e, inlined)
                for e in sp.preorder_traversal(expr))
 
 
 def _surrogate_pass(step: Step, bw: Backward, lines: _Lines) -> List[str]:
     """C++ backward: the surrogate derivative of one chunk of neurons, computed in a loop of
-    its own from the saved values (``ng_sgbuf``) before the step's main loop. Alone, the
-    exponential's long dependency chain is overlapped across neurons; inside the main loop
-    it was not (PERF_NOTES.md 16)."""
+    its own from the saved values (``ng_sgbuf``) before the step's main loop (see
+    :func:`_separate_surrogate`)."""
     fire_states = [s for s in bw.saved if step.V[s] in step.fire.free_symbols]
     out = [f"const compute_t {step.V[s]} = ng_ld(saved_{s}[ng_ti]);" for s in fire_states]
     out += lines.block([(U, step.fire)])
@@ -388,7 +390,7 @@ def build_ir(model: NeuronModel, target: str, kind: str, dtype: str, cfg: Kernel
     if kind == "forward":
         ctx["step"] = _forward_step(model, step, bw, cfg, lines)
     elif kind == "backward":
-        sg_pass = target == "cpp" and _separate_surrogate(bw.surrogate)
+        sg_pass = target == "cpp" and _separate_surrogate(bw.surrogate, compute_t)
         (ctx["before_loop"], ctx["step"], ctx["step_first"], ctx["after_loop"],
          carried) = _backward_parts(model, step, bw, cfg, lines, sg_pass)
         ctx["sg_pass"] = _surrogate_pass(step, bw, lines) if sg_pass else []

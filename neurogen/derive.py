@@ -9,7 +9,7 @@ name neurogen adds starts with ``ng_``):
 - ``ng_h_v``: its charged value, ``ng_a_v``: its adapted value,
 - ``ng_u``: the fire expression, ``spike``: ``ng_u >= 0``,
 - ``ng_sg``: the surrogate derivative at ``ng_u`` (kept as one value: the C++ backward
-  computes it in a pass of its own before the step's other arithmetic),
+  may compute it in a pass of its own before the step's other arithmetic),
 - ``ng_g_v``: gradient of the loss w.r.t. ``v`` after this step's reset.
 """
 from dataclasses import dataclass, field

@@ -121,7 +121,7 @@ def test_inference_without_grad_matches_training_forward(adex):
 @pytest.mark.parametrize("surrogate", [cls() for cls in ng.surrogate.LIBRARY],
                          ids=lambda s: type(s).__name__)
 def test_every_surrogate_cpu_equals_reference(surrogate):
-    # 1300 neurons: several 512-neuron chunks of the surrogate pass (Sigmoid, Erf,
+    # 1300 neurons: several 512-neuron chunks of the surrogate pass (float64: Sigmoid, Erf,
     # PiecewiseExp) and a partial one; a per-neuron learnable threshold inside the fire
     # expression the pass evaluates
     from neurogen.codegen import _separate_surrogate
@@ -137,16 +137,36 @@ def test_every_surrogate_cpu_equals_reference(surrogate):
     assert ref["spikes"].sum() > 0
     assert_match(got, ref)
     source = ng.codegen.render(model, "cpp", "backward", "float64", surrogate=surrogate)
-    assert ("ng_sgbuf" in source) == _separate_surrogate(surrogate.kernel_derivative())
+    assert ("ng_sgbuf" in source) == _separate_surrogate(surrogate.kernel_derivative(), "double")
 
 
-def test_float32_sigmoid_surrogate_close_to_float64():
-    # the float kernels' own sigmoid' (polynomial exp) against the float64 reference
+@pytest.mark.parametrize("surrogate", [ng.surrogate.Sigmoid(), ng.surrogate.Erf()],
+                         ids=lambda s: type(s).__name__)
+def test_float32_surrogates_close_to_float64(surrogate):
+    # float kernels: Sigmoid through the inlined sigmoid' (polynomial exp), Erf through its
+    # own pass over 512-neuron chunks (3000 neurons: partial chunks too)
     gen = torch.Generator().manual_seed(12)
     model = izhikevich_spec(False)
     params = izh_params(gen, False)
     x = torch.randn(16, 3000, generator=gen, dtype=torch.float64) * 0.8 + 1.0
-    ref = run_and_grad(model, "torch", x, params=params)
-    got = run_and_grad(model, "cpu", x.float(), params=params)
+    ref = run_and_grad(model, "torch", x, params=params, surrogate_function=surrogate)
+    got = run_and_grad(model, "cpu", x.float(), params=params, surrogate_function=surrogate)
     assert torch.equal(got["spikes"].double(), ref["spikes"])
     torch.testing.assert_close(got["grad_x"].double(), ref["grad_x"], rtol=1e-4, atol=1e-5)
+
+
+def test_surrogate_pass_only_where_the_derivative_calls_a_library_function():
+    # float kernels inline sigmoid' (no pass); exp-based surrogates call libmvec's expf
+    # (pass); double kernels call libm's exp for sigmoid' too (pass)
+    model = izhikevich_spec(False)
+
+    def has_pass(surrogate, dtype):
+        return "ng_sgbuf" in ng.codegen.render(model, "cpp", "backward", dtype,
+                                               surrogate=surrogate)
+    assert not has_pass(ng.surrogate.Sigmoid(), "float32")
+    assert not has_pass(ng.surrogate.Sigmoid(), "bfloat16")
+    assert has_pass(ng.surrogate.Sigmoid(), "float64")
+    assert has_pass(ng.surrogate.Erf(), "float32") and has_pass(ng.surrogate.PiecewiseExp(), "float32")
+    assert not has_pass(ng.surrogate.ATan(), "float32") and not has_pass(ng.surrogate.Rect(), "float64")
+    assert "ng_sgbuf" not in ng.codegen.render(model, "cuda", "backward", "float32",
+                                               surrogate=ng.surrogate.Erf())
