@@ -29,11 +29,9 @@ CPU_OPENMP_FLAGS = tuple(f for f in CPU_FLAGS if f != "-fopenmp-simd") + ("-fope
 # Float kernels let the compiler fuse a * b + c into FMAs (about 4% of the Izhikevich
 # training step's kernel time, PERF_NOTES.md 18); double kernels stay unfused, so they
 # give the same bits as the emulated CUDA kernels built with CPU_FLAGS.
-FMA_FLAG = "-ffp-contract=fast"
-
-
-def _with_fma(flags):
-    return tuple(FMA_FLAG if f == "-ffp-contract=off" else f for f in flags)
+CPU_FMA_FLAGS, CPU_OPENMP_FMA_FLAGS = (
+    tuple("-ffp-contract=fast" if f == "-ffp-contract=off" else f for f in flags)
+    for flags in (CPU_FLAGS, CPU_OPENMP_FLAGS))
 _lock = threading.Lock()
 _loaded = {}
 _functions = {}
@@ -123,10 +121,11 @@ def compile_kernel(source: str, name: str, fma: bool = False):
     When the compiler cannot build with ``-fopenmp`` (e.g. ``CXX=clang++`` without
     libomp) the kernel is built without it, with one warning, and runs on the Python
     thread pool; a source that does not compile either way raises :class:`CompileError`."""
-    flags = _with_fma(CPU_FLAGS) if fma else CPU_FLAGS
+    flags, openmp_flags = ((CPU_FMA_FLAGS, CPU_OPENMP_FMA_FLAGS) if fma
+                           else (CPU_FLAGS, CPU_OPENMP_FLAGS))
     if cpu_threading() == "openmp" and not _openmp_failed:
         try:
-            fn = compile_cpp(source, name, _with_fma(CPU_OPENMP_FLAGS) if fma else CPU_OPENMP_FLAGS)
+            fn = compile_cpp(source, name, openmp_flags)
             fn.ng_openmp = True
             return fn
         except CompileError as exc:

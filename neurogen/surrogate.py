@@ -52,13 +52,18 @@ class Surrogate:
         """The surrogate derivative ``g'(u)`` as a sympy expression in :data:`u`."""
         return self.derivative(u)
 
+    def kernel_form(self, u):
+        """The expression the kernels evaluate for ``g'(u)``: :meth:`derivative` unless a
+        subclass has a form that computes the same function better."""
+        return self.derivative(u)
+
     def kernel_derivative(self):
-        """``g'(u)`` with each hyper-parameter as a symbol ``sg_<name>`` (a kernel argument,
-        so changing ``alpha`` needs no new kernel)."""
+        """:meth:`kernel_form` with each hyper-parameter as a symbol ``sg_<name>`` (a kernel
+        argument, so changing ``alpha`` needs no new kernel)."""
         proxy = copy.copy(self)
         for k in self.params:
             setattr(proxy, k, sp.Symbol(f"sg_{k}"))
-        return proxy.derivative(u)
+        return proxy.kernel_form(u)
 
     def kernel_values(self):
         """The values of the ``sg_<name>`` kernel arguments."""
@@ -99,12 +104,11 @@ class Sigmoid(Surrogate):
         s = sigmoid(self.alpha * u)
         return self.alpha * s * (1 - s)
 
-    def kernel_derivative(self):
+    def kernel_form(self, u):
         """``alpha sigmoid'(alpha u)`` as one function: kernels compute it from a single
         ``exp(-|alpha u|)`` (no overflow, no ``1 - s`` cancellation), about half the
         arithmetic of ``s (1 - s)`` in the C++ kernels (PERF_NOTES.md 16)."""
-        a = sp.Symbol("sg_alpha")
-        return a * sigmoid_grad(a * u)
+        return self.alpha * sigmoid_grad(self.alpha * u)
 
 
 class ATan(Surrogate):

@@ -9,19 +9,24 @@ from neurogen import runtime
 from neurogen.codegen import _env
 
 
-@functools.lru_cache(maxsize=None)
-def _prelude_fn(function):
+def _build(kernel, name, compute):
+    """``kernel`` after the C++ prelude, built as the library builds its kernels of that
+    compute type (float: with FMA contraction)."""
     prelude = _env.get_template("prelude.j2").render(
         target="cpp", model="test", template="prelude.j2", spec_hash="-", config_hash="-",
-        io_t="float", compute_t="float", load_io="value", store_io="value")
-    source = prelude + """
-extern "C" void ng_test_FN(const float* z, float* out, const long n) {
+        io_t=compute, compute_t=compute, load_io="value", store_io="value")
+    flags = runtime.CPU_FMA_FLAGS if compute == "float" else runtime.CPU_FLAGS
+    return runtime.compile_cpp(prelude + kernel, name, flags)
+
+
+@functools.lru_cache(maxsize=None)
+def _prelude_fn(function):
+    fn = _build(f"""
+extern "C" void ng_test_{function}(const float* z, float* out, const long n) {{
 #pragma omp simd
-    for (long i = 0; i < n; ++i) out[i] = FN(z[i]);
-}
-""".replace("FN", function)
-    # built as the float kernels are, with FMA contraction
-    fn = runtime.compile_cpp(source, f"ng_test_{function}", runtime._with_fma(runtime.CPU_FLAGS))
+    for (long i = 0; i < n; ++i) out[i] = {function}(z[i]);
+}}
+""", f"ng_test_{function}", "float")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
     return fn
 
@@ -118,17 +123,13 @@ def test_sigmoid_grad_beats_s_times_one_minus_s():
 
 @functools.lru_cache(maxsize=None)
 def _prelude_binary(function, compute):
-    prelude = _env.get_template("prelude.j2").render(
-        target="cpp", model="test", template="prelude.j2", spec_hash="-", config_hash="-",
-        io_t=compute, compute_t=compute, load_io="value", store_io="value")
-    source = prelude + f"""
-extern "C" void ng_test_{function}(const {compute}* a, const {compute}* b, {compute}* out,
-                                   const long n) {{
+    fn = _build(f"""
+extern "C" void ng_test_{function}_{compute}(const {compute}* a, const {compute}* b,
+                                              {compute}* out, const long n) {{
 #pragma omp simd
     for (long i = 0; i < n; ++i) out[i] = {function}(a[i], b[i]);
 }}
-"""
-    fn = runtime.compile_cpp(source, f"ng_test_{function}")
+""", f"ng_test_{function}_{compute}", compute)
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long]
     return fn
 

@@ -32,8 +32,7 @@ def simd_loops_not_vectorised(source, tmp_path, fma=True):
     """Line numbers of ``omp simd`` loops that GCC did not vectorise."""
     path = tmp_path / "kernel.cpp"
     path.write_text(source)
-    flags = [f for f in (runtime._with_fma(runtime.CPU_FLAGS) if fma else runtime.CPU_FLAGS)
-             if f != "-shared"]
+    flags = [f for f in (runtime.CPU_FMA_FLAGS if fma else runtime.CPU_FLAGS) if f != "-shared"]
     proc = subprocess.run([runtime.cxx(), *flags, "-c", str(path), "-o", str(tmp_path / "k.o"),
                            "-fopt-info-vec-optimized"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
