@@ -50,20 +50,33 @@ class Plan:
     tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
 
     def backward_info(self):
-        return derivation(self.model, self.cfg.surrogate, self.cfg.detach_reset,
-                          self.cfg.learnable)[1]
+        bw = self._memo.get("bw")
+        if bw is None:
+            bw = self._memo["bw"] = derivation(self.model, self.cfg.surrogate,
+                                               self.cfg.detach_reset, self.cfg.learnable)[1]
+        return bw
 
     @property
     def compute(self) -> str:
         return "double" if self.dtype == "float64" else "float"
 
-    # (kind, grad_v_seq, device) -> (kernel, its argument list); not part of the plan's value
+    # (kind, grad_v_seq, device) -> (kernel, its argument packer); not part of the plan's value
     _kernels: dict = field(default_factory=dict, init=False, compare=False, hash=False,
                            repr=False)
+    # what run_forward / run_backward look up once per plan: the derived backward, the
+    # backward's configuration with and without a v_seq gradient
+    _memo: dict = field(default_factory=dict, init=False, compare=False, hash=False,
+                        repr=False)
+
+    def backward_cfg(self, grad_v_seq: bool) -> KernelConfig:
+        cfg = self._memo.get(grad_v_seq)
+        if cfg is None:
+            cfg = self._memo[grad_v_seq] = dataclasses.replace(self.cfg, grad_v_seq=grad_v_seq)
+        return cfg
 
     def launch(self, kind, cfg, values: Dict[str, object], n: int, device):
         """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_v_seq``
-        set per call; the kernel and its argument list are looked up once per plan."""
+        set per call; the kernel and its argument packer are made once per plan."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
         key = (kind, cfg.grad_v_seq, device)
@@ -71,9 +84,11 @@ class Plan:
         if entry is None or entry[2] != runtime.generation:
             entry = self._kernels[key] = (
                 get_kernel(self.model, self.backend, kind, self.dtype, cfg, device),
-                kernel_args(self.model, kind, cfg), runtime.generation)
-        fn, args, _ = entry
-        packed = runtime.pack_args(args, {**values, **dict(self.scalars)}, self.compute)
+                runtime.ArgPacker(kernel_args(self.model, kind, cfg), dict(self.scalars),
+                                  self.compute),
+                runtime.generation)
+        fn, packer, _ = entry
+        packed = packer(values)
         if self.backend == "cpu":
             runtime.launch_cpu(fn, packed, n, fn.ng_max_block, values["ng_T"], fn.ng_openmp)
         elif self.backend == "cuda-emulated":
@@ -118,7 +133,7 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
     T, N = x_seq.shape
     io = dict(dtype=x_seq.dtype, device=x_seq.device)
     use_vseq = plan.cfg.store_v_seq and g_vseq is not None
-    cfg = dataclasses.replace(plan.cfg, grad_v_seq=use_vseq)
+    cfg = plan.backward_cfg(use_vseq)
     zeros_n = memory.constant((N,), 0.0, io["dtype"], io["device"])
     values = {"ng_T": T, "ng_N": N,
               "grad_spike_seq": (g_spike.contiguous() if g_spike is not None

@@ -17,6 +17,7 @@ Control: :func:`set_cpu_cache_limit` (bytes kept at most, 0 turns caching off;
 ``$NEUROGEN_CPU_CACHE_MB`` sets the starting value, default 1024 MiB),
 :func:`empty_cpu_cache` (release every cached block), :func:`cpu_cache_info`.
 """
+import math
 import os
 import threading
 import weakref
@@ -34,6 +35,7 @@ ALIGN = 64
 
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.bfloat16: np.int16}
+_ITEMSIZE = {t: np.dtype(d).itemsize for t, d in _NUMPY.items()}
 
 
 def _limit_from_env():
@@ -51,12 +53,13 @@ def _limit_from_env():
 class _Cache:
     def __init__(self, limit):
         self.lock = threading.Lock()
-        self.free = defaultdict(list)   # nbytes -> [numpy uint8 block]
+        self.free = defaultdict(list)   # nbytes -> [aligned numpy uint8 block of nbytes]
         self.cached = 0                 # bytes in the free lists
         self.limit = limit
         self.hits = self.misses = 0
 
     def take(self, nbytes):
+        """A block of exactly ``nbytes`` starting on an ``ALIGN`` boundary."""
         with self.lock:
             blocks = self.free.get(nbytes)
             if blocks:
@@ -64,10 +67,12 @@ class _Cache:
                 self.hits += 1
                 return blocks.pop()
             self.misses += 1
-        return np.empty(nbytes + ALIGN, dtype=np.uint8)
+        raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+        start = -raw.ctypes.data % ALIGN  # numpy's blocks are only 16-byte aligned
+        return raw[start:start + nbytes]  # keeps `raw` alive through .base
 
     def give(self, block):
-        nbytes = block.nbytes - ALIGN
+        nbytes = block.nbytes
         with self.lock:
             if self.cached + nbytes <= self.limit:
                 self.free[nbytes].append(block)
@@ -83,24 +88,36 @@ class _Cache:
 _cache = _Cache(_limit_from_env())
 
 
+# id of a weakref to a handed-out numpy view -> (that weakref, its block); the callback returns the block when torch
+# frees the view (a plain weakref costs a fraction of weakref.finalize, which is measurable
+# at three blocks per training step: PERF_NOTES.md 21)
+_out = {}
+
+
+def _release(ref):
+    try:
+        _cache.give(_out.pop(id(ref))[1])
+    except Exception:  # interpreter shutdown: the module's globals may be gone already
+        pass
+
+
 def empty(shape, dtype, device):
     """Like ``torch.empty(shape, dtype=dtype, device=device)`` (contiguous), with large
     CPU blocks taken from and returned to neurogen's cache."""
-    shape = tuple(int(s) for s in shape)
-    device = torch.device(device)
-    if device.type != "cpu" or dtype not in _NUMPY or _cache.limit == 0:
+    npdtype = _NUMPY.get(dtype)
+    if npdtype is None or _cache.limit == 0 or (device != "cpu" and torch.device(device).type != "cpu"):
         return torch.empty(shape, dtype=dtype, device=device)
-    nbytes = np.dtype(_NUMPY[dtype]).itemsize
+    nbytes = _ITEMSIZE[dtype]
     for s in shape:
-        nbytes *= s
+        nbytes *= int(s)
     if nbytes < MIN_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     block = _cache.take(nbytes)
-    start = -block.ctypes.data % ALIGN  # numpy's blocks are only 16-byte aligned
-    view = block[start:start + nbytes].view(_NUMPY[dtype]).reshape(shape)
+    view = block.view(npdtype).reshape(shape)
     # torch keeps `view` alive exactly as long as the tensor's storage; when the storage
     # goes, `view` goes and the block returns to the cache
-    weakref.finalize(view, _cache.give, block).atexit = False
+    ref = weakref.ref(view, _release)
+    _out[id(ref)] = (ref, block)
     out = torch.from_numpy(view)
     return out.view(torch.bfloat16) if dtype == torch.bfloat16 else out
 
@@ -122,15 +139,15 @@ def constant(shape, value, dtype, device):
     inputs). On the CPU the same tensor is handed out again for the same shape, value and
     dtype; one that was changed in place since (its version counter moved) is refilled.
     Other devices get a fresh ``torch.full``."""
-    shape = tuple(int(s) for s in shape)
-    device = torch.device(device)
-    if device.type != "cpu":
+    if device != "cpu" and torch.device(device).type != "cpu":
         return torch.full(shape, float(value), dtype=dtype, device=device)
-    key = (shape, repr(float(value)), dtype)
+    value = float(value)
+    # the sign keeps -0.0 apart; NaN, unequal to itself, gets a key that is
+    key = (tuple(shape), value if value == value else "nan", math.copysign(1.0, value), dtype)
     with _constants_lock:
         entry = _constants.pop(key, None)
         if entry is None or entry[0]._version != entry[1]:
-            t = torch.full(shape, float(value), dtype=dtype)
+            t = torch.full(key[0], value, dtype=dtype)
             entry = (t, t._version)
         _constants[key] = entry  # most recent last
         while len(_constants) > _CONSTANTS_KEPT:

@@ -145,23 +145,36 @@ class NeuronModule(nn.Module):
         state["_v_list"] = [v if v.grad_fn is None else v.detach() for v in state["_v_list"]]
         return state
 
-    def _initial_states(self, like: torch.Tensor, shape):
+    def _initial_states(self, like: torch.Tensor, shape, params=None):
+        params = self.param_values() if params is None else params
+        # the initial values of a float-only parameter set, evaluated once per module and
+        # parameter values rather than on every call after reset() (PERF_NOTES.md 21)
+        # (the signs keep 0.0 and -0.0 apart)
+        key = None
+        if all(type(v) is float for v in params.values()):
+            key = tuple(params.values()) + tuple(math.copysign(1.0, v) for v in params.values())
+            memo = self.__dict__.get("_initial_memo")
+            if memo is not None and memo[0] == key:
+                return {s: _full(shape, v, like) for s, v in memo[1].items()}
         params = {k: (v.to(like.dtype) if isinstance(v, torch.Tensor) else v)
-                  for k, v in self.param_values().items()}
+                  for k, v in params.items()}
+        values = {s: reference.evaluate(self.model.initial[s], params, like)
+                  for s in self.model.state_names}
+        if key is not None and all(type(v) in (float, int) for v in values.values()):
+            self.__dict__["_initial_memo"] = (key, values)
         out = {}
-        for s in self.model.state_names:
-            value = reference.evaluate(self.model.initial[s], params, like)
+        for s, value in values.items():
             if isinstance(value, torch.Tensor):
                 out[s] = torch.zeros(shape, dtype=like.dtype, device=like.device) + value
             else:
                 out[s] = _full(shape, value, like)
         return out
 
-    def _states_for(self, x_seq):
+    def _states_for(self, x_seq, params=None):
         shape = x_seq.shape[1:]
         current = {s: self._memories[s] for s in self.model.state_names}
         if any(v is None for v in current.values()):
-            init = self._initial_states(x_seq, shape)
+            init = self._initial_states(x_seq, shape, params)
             current = {s: (init[s] if v is None else v) for s, v in current.items()}
         for s, v in current.items():
             if not isinstance(v, torch.Tensor):
@@ -173,7 +186,7 @@ class NeuronModule(nn.Module):
             elif v.device != x_seq.device:
                 raise ValueError(f"state {s!r} is on {v.device} but the input is on "
                                  f"{x_seq.device}; call reset() or move the module")
-            else:
+            elif v.dtype != x_seq.dtype:
                 current[s] = v.to(x_seq.dtype)
         return current
 
@@ -190,15 +203,16 @@ class NeuronModule(nn.Module):
 
     def multi_step_forward(self, x_seq: torch.Tensor, _single: bool = False):
         _check_input(x_seq, min_dim=1)
-        self._check_param_devices(x_seq)
-        states = self._states_for(x_seq)
+        params = self.param_values()
+        self._check_param_devices(x_seq, params)
+        states = self._states_for(x_seq, params)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")
         backend = _backend_when_compiling(self, x_seq) if _compiling() else self._resolve_backend(x_seq)
         if backend == "torch":
             spike_seq, v_seq, finals = self._run_reference(x_seq, states)
         else:
-            spike_seq, v_seq, finals = self._run_kernels(backend, x_seq, states)
+            spike_seq, v_seq, finals = self._run_kernels(backend, x_seq, states, params)
         for s in self.model.state_names:
             self._memories[s] = finals[s]
         if self.store_v_seq:
@@ -209,8 +223,8 @@ class NeuronModule(nn.Module):
                 self._memories["v_seq"] = v_seq
         return spike_seq
 
-    def _check_param_devices(self, x):
-        for k, value in self.param_values().items():
+    def _check_param_devices(self, x, params=None):
+        for k, value in (self.param_values() if params is None else params).items():
             if isinstance(value, torch.Tensor) and value.device != x.device:
                 raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
                                  f"{x.device}; move the module with .to(device)")
@@ -254,14 +268,14 @@ class NeuronModule(nn.Module):
         return reference.multi_step(self.model, x_seq, states, params, self.surrogate_function,
                                     self.detach_reset)
 
-    def _run_kernels(self, backend, x_seq, states):
+    def _run_kernels(self, backend, x_seq, states, params=None):
         model = self.model
         T, shape = x_seq.shape[0], x_seq.shape[1:]
         N = math.prod(shape)
         dtype = TORCH_DTYPES[x_seq.dtype]
         compute = torch.float64 if dtype == "float64" else torch.float32
         scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
-        for k, value in self.param_values().items():
+        for k, value in (self.param_values() if params is None else params).items():
             if not isinstance(value, torch.Tensor):
                 scalars.append((f"p_{k}", value))
                 continue

@@ -347,24 +347,39 @@ def launch_config(n: int, block: int = CUDA_BLOCK):
     return (n + block - 1) // block, block
 
 
-def pack_args(args, values, compute):
-    """[(kind, value)] in kernel order, kind one of ptr, f32, f64, i32, i64.
+class ArgPacker:
+    """Turns named values into a kernel's argument list, ``[(kind, value)]`` in kernel order
+    with kind one of ptr, f32, f64, i32, i64: the single place that does so; every
+    launcher (CUDA, emulated CUDA, C++) converts these pairs.
 
-    The single place that turns named values into a kernel's argument list;
-    every launcher (CUDA, emulated CUDA, C++) converts these pairs.
-    """
-    packed = []
-    for a in args:
-        v = values[a.name]
-        if a.role in ("in", "out"):
-            packed.append(("ptr", v.data_ptr()))
-        elif a.role == "scalar":
-            packed.append(("f32" if compute == "float" else "f64", float(v)))
-        elif a.role == "int32":
-            packed.append(("i32", int(v)))
-        else:
-            packed.append(("i64", int(v)))
-    return packed
+    Built once per kernel and plan: the values in ``fixed`` (a plan's scalar parameters)
+    are converted here, so a call only reads the tensors' pointers and the sizes (a
+    training step packs two argument lists; PERF_NOTES.md 21)."""
+
+    def __init__(self, args, fixed, compute):
+        scalar = "f32" if compute == "float" else "f64"
+        kinds = {"in": "ptr", "out": "ptr", "scalar": scalar, "int32": "i32"}
+        self.kinds = [kinds.get(a.role, "i64") for a in args]
+        self.template = [None] * len(args)
+        self.slots = []  # (position, name, conversion) of the values given per call
+        for i, (a, kind) in enumerate(zip(args, self.kinds)):
+            convert = {"ptr": None, scalar: float}.get(kind, int)
+            if kind == scalar and a.name in fixed:
+                self.template[i] = float(fixed[a.name])
+            else:
+                self.slots.append((i, a.name, convert))
+
+    def __call__(self, values):
+        vals = self.template.copy()
+        for i, name, convert in self.slots:
+            v = values[name]
+            vals[i] = v.data_ptr() if convert is None else convert(v)
+        return list(zip(self.kinds, vals))
+
+
+def pack_args(args, values, compute):
+    """``[(kind, value)]`` of ``args`` from ``values`` (see :class:`ArgPacker`)."""
+    return ArgPacker(args, {}, compute)(values)
 
 
 _CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double,
