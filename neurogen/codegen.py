@@ -16,7 +16,7 @@ import sympy as sp
 
 from . import surrogate as sg
 from .derive import GSPIKE, SG, U, Backward, Hoister, P, Step, derive_backward
-from .printer import KernelPrinter
+from .printer import KernelPrinter, ZeroTimes
 from .spec.functions import sigmoid, sigmoid_grad
 from .spec.model import NeuronModel, spike, spike_d
 
@@ -196,6 +196,29 @@ class _Lines:
     def p(self, expr) -> str:
         return self.printer.doprint(expr)
 
+    def cost(self, expr) -> int:
+        """Operations per neuron-step of ``expr`` once its invariants are hoisted."""
+        return sp.count_ops(Hoister(self.hoister.invariant)(expr))
+
+    def collect_linear(self, expr):
+        """``expr`` with each sub-expression that is linear in the per-step symbols written
+        as ``c0 + c1 x1 + ...`` (the coefficients hoisted) where that takes fewer
+        operations per step. A derivative factor such as ``1 + (a0 (v - v_c) + a0 (v -
+        v_rest)) / tau`` becomes one multiply-add (PERF_NOTES.md 22). Only for gradient
+        expressions: it changes their rounding, and the recomputed forward values must stay
+        bit-equal to the forward's."""
+        return _collect_linear(expr, frozenset(self.hoister.invariant))
+
+    def spike_select(self, expr, s, u):
+        """``expr``, linear in the 0/1 spike ``s`` (``s = u >= 0``), as ``u >= 0 ? expr|s=1 :
+        expr|s=0`` where that takes fewer operations: a hard reset ``h (1 - s) + s r`` becomes
+        one select instead of a subtraction, two products and a sum (PERF_NOTES.md 22). A
+        per-step value that the weight 0 removes stays as ``ZeroTimes`` (``0 * h``), so an
+        infinite or NaN ``h`` gives NaN as the product does; a parameter the weight 0 removes
+        is dropped (a non-finite parameter makes every state NaN anyway). Equal to the
+        product form for finite values, up to the sign of a zero."""
+        return _spike_select(expr, s, u, frozenset(self.hoister.invariant))
+
     def const(self, sym, expr) -> str:
         return f"const compute_t {sym} = {self.p(expr)};"
 
@@ -241,6 +264,72 @@ class _Lines:
             else:
                 uniform.append(self.const(sym, expr))
         return uniform, per_neuron, names
+
+
+def _cost(expr, invariant) -> int:
+    """Operations per neuron-step of ``expr`` once its invariants are hoisted."""
+    return sp.count_ops(Hoister(invariant)(expr))
+
+
+def _linear_parts(expr, invariant):
+    """``{x: coefficient, 1: constant}`` when ``expr`` is linear in its non-invariant
+    symbols with invariant coefficients, else None (structural: no expansion)."""
+    if expr.free_symbols <= invariant:
+        return {1: expr}
+    if expr.is_Symbol:
+        return {expr: sp.Integer(1)}
+    if isinstance(expr, sp.Add):
+        out = {}
+        for a in expr.args:
+            part = _linear_parts(a, invariant)
+            if part is None:
+                return None
+            for k, c in part.items():
+                out[k] = out.get(k, 0) + c
+        return out
+    if isinstance(expr, sp.Mul):
+        var = [a for a in expr.args if not a.free_symbols <= invariant]
+        if len(var) != 1:
+            return None
+        part = _linear_parts(var[0], invariant)
+        if part is None:
+            return None
+        factor = sp.Mul(*[a for a in expr.args if a.free_symbols <= invariant])
+        return {k: factor * c for k, c in part.items()}
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _spike_select(expr, s, u, invariant):
+    if not expr.has(s) or sp.diff(expr, s, 2) != 0:
+        return expr
+    branches = []
+    for value in (1, 0):
+        e = expr.xreplace({s: sp.Integer(value)})
+        lost = sorted(expr.free_symbols - e.free_symbols - {s} - invariant, key=str)
+        branches.append(e + sp.Add(*[ZeroTimes(x) for x in lost]))
+    # the product form also turns s into 0/1, the select form needs one blend (the compare
+    # is the same); count_ops counts a multiply-add as two, so ask for a saving of two:
+    # w + b * spike (one multiply-add) stays a product
+    if sum(_cost(b, invariant) for b in branches) + 1 > _cost(expr, invariant) + 1 - 2:
+        return expr
+    return sp.Piecewise((branches[0], sp.Ge(u, 0)), (branches[1], True))
+
+
+@functools.lru_cache(maxsize=4096)
+def _collect_linear(expr, invariant):
+    if expr.is_Atom or not isinstance(expr, sp.Expr):
+        return expr
+    args = [_collect_linear(a, invariant) for a in expr.args]
+    if any(a is not b for a, b in zip(args, expr.args)):
+        expr = expr.func(*args)
+    if not isinstance(expr, (sp.Add, sp.Mul)) or expr.free_symbols <= invariant:
+        return expr
+    parts = _linear_parts(expr, invariant)
+    if parts is None:
+        return expr
+    new = sp.Add(*[c if k == 1 else c * k for k, c in parts.items()])
+    return new if _cost(new, invariant) < _cost(expr, invariant) else expr
 
 
 def _signature(args: List[Arg]) -> List[str]:
@@ -344,9 +433,12 @@ def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: s
     else:
         if any(e.has(spike) or e.has(spike_d) for e in prev.values()):
             body += lines.block([(sp.Symbol("ng_pu"), step.fire.xreplace(sv))])
-            body.append(lines.spike("ng_pspike", "ng_pu"))
             pspike = sp.Symbol("ng_pspike")
-            prev = {s: e.xreplace({spike: pspike, spike_d: pspike}) for s, e in prev.items()}
+            prev = {s: lines.spike_select(e.xreplace({spike: pspike, spike_d: pspike}), pspike,
+                                          sp.Symbol("ng_pu"))
+                    for s, e in prev.items()}
+            if any(e.has(pspike) for e in prev.values()):
+                body.append(lines.spike("ng_pspike", "ng_pu"))
         body += lines.block([(sp.Symbol(s), e) for s, e in prev.items()])
     if bw.needs_x:
         body.append(f"const compute_t {model.input_name} = ng_ld(x_seq[ng_ti]);")
@@ -363,7 +455,7 @@ def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: s
         body.append(f"ng_g_{model.v_name} += ng_ld(grad_v_seq[ng_ti]);")
     body.append(f"const compute_t {GSPIKE} = ng_ld(grad_spike_seq[ng_ti]);")
     names = list(bw.outputs)
-    body += lines.block([(sp.Symbol(n), bw.outputs[n]) for n in names])
+    body += lines.block([(sp.Symbol(n), lines.collect_linear(bw.outputs[n])) for n in names])
     body.append("grad_x_seq[ng_ti] = ng_io(ng_gx);")
     body += [f"ng_acc_{k} += ng_gp_{k};" for k in bw.learnable]
     body += [f"ng_g_{s} = ng_gP_{s};" for s in states]

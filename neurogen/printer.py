@@ -7,6 +7,14 @@ from sympy.printing.c import C99CodePrinter
 from .spec.functions import sigmoid, sigmoid_grad
 
 
+class ZeroTimes(sp.Function):
+    """``0 * x`` that sympy does not simplify away: 0 for finite ``x``, NaN for an infinite
+    or NaN ``x``. Kernels add it where a select replaces a product by a 0/1 weight, so the
+    weighted-away value still propagates NaN and inf as the product would."""
+
+    nargs = 1
+
+
 class KernelPrinter(C99CodePrinter):
     """Prints sympy expressions as C/CUDA arithmetic in one compute type."""
 
@@ -72,6 +80,9 @@ class KernelPrinter(C99CodePrinter):
     def _print_sigmoid_grad(self, expr):
         return f"ng_sigmoid_grad({self._print(expr.args[0])})"
 
+    def _print_ZeroTimes(self, expr):
+        return f"({self._print(expr.args[0])}*{self.literal(0)})"
+
     def _print_Max(self, expr):
         return self._minmax("ng_fmax", expr.args)
 
@@ -108,4 +119,4 @@ def print_expr(expr, compute: str = "float") -> str:
     return KernelPrinter(compute).doprint(expr)
 
 
-__all__ = ["KernelPrinter", "print_expr", "sigmoid", "sigmoid_grad"]
+__all__ = ["KernelPrinter", "ZeroTimes", "print_expr", "sigmoid", "sigmoid_grad"]

@@ -1,5 +1,6 @@
 """Generator output: golden printing, determinism, hoisting, minimal saved values."""
 import os
+import random
 import subprocess
 import sys
 
@@ -7,9 +8,9 @@ import pytest
 import sympy as sp
 
 import neurogen as ng
-from neurogen.codegen import derivation, kernel_args, make_config
+from neurogen.codegen import _collect_linear, _spike_select, derivation, kernel_args, make_config
 from neurogen.neuron import izhikevich_spec, lif_spec
-from neurogen.printer import print_expr
+from neurogen.printer import ZeroTimes, print_expr
 
 v, x, tau = sp.symbols("v x tau")
 
@@ -28,6 +29,7 @@ v, x, tau = sp.symbols("v x tau")
     (ng.spec.functions.sigmoid_grad(2 * v), "ng_sigmoid_grad(2.0F*v)", "ng_sigmoid_grad(2.0*v)"),
     (sp.Piecewise((v, v < 1), (0, True)), "((v < 1.0F) ? (v) : (0.0F))",
      "((v < 1.0) ? (v) : (0.0))"),
+    (ZeroTimes(v), "(v*0.0F)", "(v*0.0)"),
 ])
 def test_printer_golden(expr, float_text, double_text):
     assert print_expr(expr, "float") == float_text
@@ -93,3 +95,53 @@ def test_surrogate_alpha_is_an_argument_not_code():
     a = izhikevich_spec().cuda_source("backward", surrogate=ng.surrogate.Sigmoid(alpha=2.0))
     b = izhikevich_spec().cuda_source("backward", surrogate=ng.surrogate.Sigmoid(alpha=7.0))
     assert a == b and "sg_alpha" in a
+
+
+# ---- backward algebra (PERF_NOTES.md 22) ----------------------------------------------------
+a0, v_c, v_rest, g, h, r, s_, u = sp.symbols("a0 v_c v_rest g h r s u")
+INVARIANT = frozenset({a0, v_c, v_rest, tau, r})
+
+
+def _same(e1, e2, symbols, n=20):
+    rng = random.Random(0)
+    for _ in range(n):
+        point = {q: rng.uniform(-3, 3) for q in symbols}
+        assert abs(float(e1.subs(point)) - float(e2.subs(point))) < 1e-12
+
+
+def test_linear_gradient_factor_is_collected_into_one_multiply_add():
+    factor = 1 + (a0 * (v - v_c) + a0 * (v - v_rest)) / tau
+    expr = g * factor
+    new = _collect_linear(expr, INVARIANT)
+    assert new != expr
+    _same(new, expr, [a0, v_c, v_rest, tau, g, v])
+    # the factor's parameter math is a constant of the kernel: one product and one sum
+    src = izhikevich_spec().cpp_source("backward", "float32")
+    assert "ng_gP_v = ng_c0*(ng_k1*v + ng_k2);" in src
+
+
+@pytest.mark.parametrize("expr", [
+    g * v,                                 # degree 2 in the per-step symbols
+    (v - v_c) * (v - v_rest) / tau,        # expanding would trade accuracy for nothing
+    sp.exp(v) / tau + v,                   # not a polynomial
+    v / tau + x,                           # linear, but already as cheap
+])
+def test_collection_leaves_other_expressions_alone(expr):
+    assert _collect_linear(expr, INVARIANT) == expr
+
+
+def test_hard_reset_becomes_a_select_that_keeps_nan():
+    reset = h * (1 - s_) + s_ * r
+    new = _spike_select(reset, s_, u, INVARIANT)
+    assert new == sp.Piecewise((r + ZeroTimes(h), sp.Ge(u, 0)), (h, True))
+    # equal to the product form for finite values
+    for sv in (0, 1):
+        _same(new.args[1 - sv].expr.replace(ZeroTimes, lambda q: 0), reset.subs(s_, sv), [h, r])
+    src = izhikevich_spec().cpp_source("backward", "float32")
+    assert "((ng_pu >= 0.0F) ? (v_reset + (ng_sv_v*0.0F)) : (ng_sv_v))" in src
+    assert "ng_pspike" not in src   # the 0/1 weight is no longer made
+
+
+def test_spike_jump_stays_a_product():
+    jump = r * s_ + h   # w + b * spike: one multiply-add, cheaper than a select
+    assert _spike_select(jump, s_, u, INVARIANT) == jump
