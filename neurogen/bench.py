@@ -4,8 +4,9 @@
 loop of the same equations (autograd), SpikingJelly 2.0's neuron (each
 implementation it offers on the device), and ``torch.compile`` of the loop
 (``--compile``, where it compiles). The floor is each workload's minimal bytes
-over the copy bandwidth measured in the same run. Writes a table, a JSON
-file and PNG plots; asserts nothing about speed.
+over the copy bandwidth, measured again right before each workload (a machine whose
+bandwidth drifts over minutes would otherwise set one workload's floor from another
+moment). Writes a table, a JSON file and PNG plots; asserts nothing about speed.
 """
 import argparse
 import functools
@@ -180,12 +181,14 @@ def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, N
     pairs = shapes(device, quick, Ts, Ns)
     if dtypes is None:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
-    bandwidth = copy_bandwidth(device, measure, 1 << 24 if quick else 1 << 28)
+    copy_bytes = 1 << 24 if quick else 1 << 28
+    bandwidth = copy_bandwidth(device, measure, copy_bytes)
     info = {"machine": machine(device), "device": str(device), "copy_GBps": bandwidth,
             "shapes": pairs, "rows": []}
-    print(f"neurogen bench on {info['machine']} ({device}); copy bandwidth {bandwidth:.1f} GB/s")
+    print(f"neurogen bench on {info['machine']} ({device}); copy bandwidth {bandwidth:.1f} GB/s "
+          "at the start (each row's floor uses a copy timed right before it)")
     header = (f"{'model':<15}{'mode':<8}{'dtype':<9}{'T':>5}{'N':>9}  {'impl':<14}{'ms':>9}"
-              f"{'speed-up':>10}{'of floor':>9}{'saved B/ns':>11}")
+              f"{'speed-up':>10}{'of floor':>9}{'saved B/ns':>11}{'copy GB/s':>10}")
     print(header)
     for model_name in models:
         spec = neuron.LIBRARY[model_name].spec
@@ -199,7 +202,7 @@ def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, N
             for backward in (False, True):
                 for T, N in todo:
                     info["rows"] += _one(spec, model_name, dtype, backward, T, N, device,
-                                         measure, bandwidth, use_compile)
+                                         measure, copy_bytes, use_compile)
         _write_json(info, out)  # after each model: a run cut short keeps what it measured
     _plots(info, out)
     print(f"wrote {out}/bench.json, {out}/time_vs_T.png, {out}/time_vs_N.png")
@@ -212,12 +215,14 @@ def _write_json(info, out):
         json.dump(info, f, indent=1)
 
 
-def _one(spec, model_name, dtype, backward, T, N, device, measure, bandwidth, use_compile):
+def _one(spec, model_name, dtype, backward, T, N, device, measure, copy_bytes, use_compile):
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = (torch.rand(T, N, generator=gen) * 2.0).to(device=device, dtype=dtype)
     g = torch.rand(T, N, generator=gen).to(device=device, dtype=dtype)
     elem = x.element_size()
     nbytes, ours_saved = workload_bytes(spec, elem, T, N, backward)
+    # the bandwidth of this moment (5 copies), for this workload's floor
+    bandwidth = copy_bandwidth(device, timer(device, 5), copy_bytes)
     floor_ms = nbytes / bandwidth / 1e6
     rows, base = [], None
     for impl, make in peers(model_name, device, dtype, use_compile).items():
@@ -245,12 +250,13 @@ def _one(spec, model_name, dtype, backward, T, N, device, measure, bandwidth, us
         base = base or ms
         row = dict(model=model_name, mode="fwd+bwd" if backward else "fwd",
                    dtype=str(dtype).replace("torch.", ""), T=T, N=N, impl=impl, ms=ms,
-                   speedup_of_neurogen=ms / base, floor_ms=floor_ms, fraction_of_floor=floor_ms / ms,
+                   speedup_of_neurogen=ms / base, copy_GBps=bandwidth, floor_ms=floor_ms,
+                   fraction_of_floor=floor_ms / ms,
                    saved_bytes_per_neuron_step=saved)
         rows.append(row)
         print(f"{model_name:<15}{row['mode']:<8}{row['dtype']:<9}{T:>5}{N:>9}  {impl:<14}"
               f"{ms:>9.3f}{row['speedup_of_neurogen']:>9.1f}x{row['fraction_of_floor']:>9.2f}"
-              f"{saved:>11.1f}")
+              f"{saved:>11.1f}{bandwidth:>10.1f}")
     return rows
 
 

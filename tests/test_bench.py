@@ -16,7 +16,7 @@ def test_bench_quick_writes_table_json_and_plots(tmp_path):
     impls = {r["impl"] for r in data["rows"]}
     assert {"neurogen", "torch loop"} <= impls
     rows = [r for r in data["rows"] if r["impl"] == "neurogen" and r["mode"] == "fwd+bwd"]
-    assert rows and all(r["ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    assert rows and all(r["ms"] > 0 and r["floor_ms"] > 0 and r["copy_GBps"] > 0 for r in rows)
     izh = [r for r in rows if r["model"] == "IzhikevichNode"][0]
     assert izh["saved_bytes_per_neuron_step"] <= 4 * 1.5   # h alone, plus states over T=8
     for name in ("time_vs_T.png", "time_vs_N.png"):
