@@ -35,9 +35,14 @@ TARGETS = ("cuda", "cpp")
 KINDS = ("forward", "backward")
 PARAM_KINDS = ("scalar", "neuron", "shared")
 # C++ kernels: neurons per block at most, and the stack a block's per-neuron arrays may
-# take on each thread; the block size itself is chosen per call (runtime.cpu_blocks)
-CPU_BLOCK = 8192
-CPU_STACK_BUDGET = 256 << 10
+# take on each thread; the block size itself is chosen per call (runtime.cpu_blocks).
+# Longer blocks mean longer contiguous runs per row for the prefetchers: 32768 (one block
+# per thread at 2^16 neurons on 2 threads) against 8192 took the Izhikevich training step
+# from 6.47 to 6.02 ms (PERF_NOTES.md 23). 512 KiB of stack holds three float arrays of
+# 32768 and stays within the 1-2 MiB of L2 per core of current x86 CPUs; threads get 2-8
+# MiB of stack from glibc.
+CPU_BLOCK = 32768
+CPU_STACK_BUDGET = 512 << 10
 
 
 def cpu_max_block(n_arrays: int, compute: str) -> int:
