@@ -201,10 +201,6 @@ class _Lines:
     def p(self, expr) -> str:
         return self.printer.doprint(expr)
 
-    def cost(self, expr) -> int:
-        """Operations per neuron-step of ``expr`` once its invariants are hoisted."""
-        return sp.count_ops(Hoister(self.hoister.invariant)(expr))
-
     def collect_linear(self, expr):
         """``expr`` with each sub-expression that is linear in the per-step symbols written
         as ``c0 + c1 x1 + ...`` (the coefficients hoisted) where that takes fewer

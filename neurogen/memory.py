@@ -88,16 +88,16 @@ class _Cache:
 _cache = _Cache(_limit_from_env())
 
 
-# id of a weakref to a handed-out numpy view -> (that weakref, its block); the callback returns the block when torch
-# frees the view (a plain weakref costs a fraction of weakref.finalize, which is measurable
-# at three blocks per training step: PERF_NOTES.md 21)
+# id of a weakref to a handed-out numpy view -> (that weakref, its block); the callback
+# returns the block when torch frees the view (a plain weakref costs a fraction of
+# weakref.finalize, which is measurable at three blocks per training step: PERF_NOTES.md 21)
 _out = {}
 
 
 def _release(ref):
     try:
         _cache.give(_out.pop(id(ref))[1])
-    except Exception:  # interpreter shutdown: the module's globals may be gone already
+    except (AttributeError, TypeError):  # interpreter shutdown: globals may be gone already
         pass
 
 

@@ -377,11 +377,6 @@ class ArgPacker:
         return list(zip(self.kinds, vals))
 
 
-def pack_args(args, values, compute):
-    """``[(kind, value)]`` of ``args`` from ``values`` (see :class:`ArgPacker`)."""
-    return ArgPacker(args, {}, compute)(values)
-
-
 _CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double,
            "i32": ctypes.c_int, "i64": ctypes.c_int64, "u32": ctypes.c_uint}
 
