@@ -34,33 +34,36 @@ CPP_DTYPES = {"float32": DTYPES["float32"], "float64": DTYPES["float64"],
 TARGETS = ("cuda", "cpp")
 KINDS = ("forward", "backward")
 PARAM_KINDS = ("scalar", "neuron", "shared")
-# C++ kernels: neurons per block at most, and the stack a block's per-neuron arrays may
-# take on each thread; the block size itself is chosen per call (runtime.cpu_blocks).
-# Longer blocks mean longer contiguous runs per row for the prefetchers: 32768 (one block
-# per thread at 2^16 neurons on 2 threads) against 8192 took the Izhikevich training step
-# from 6.47 to 6.02 ms (PERF_NOTES.md 23). 512 KiB of stack holds three float arrays of
-# 32768 and stays within the 1-2 MiB of L2 per core of current x86 CPUs; threads get 2-8
-# MiB of stack from glibc.
+# C++ kernels: neurons per block at most, and the bytes a block's per-neuron arrays may
+# take on each thread (in a scratch buffer the launcher allocates, not on the stack); the
+# block size itself is chosen per call (runtime.cpu_blocks). Longer blocks mean longer
+# contiguous runs per row for the prefetchers: 32768 (one block per thread at 2^16
+# neurons on 2 threads) against 8192 took the Izhikevich training step from 6.47 to 6.02
+# ms (PERF_NOTES.md 23). 512 KiB holds three float arrays of 32768 and stays within the
+# 1-2 MiB of L2 per core of current x86 CPUs.
 CPU_BLOCK = 32768
-CPU_STACK_BUDGET = 512 << 10
+CPU_ARRAY_BUDGET = 512 << 10
 
 
 def cpu_max_block(n_arrays: int, compute: str) -> int:
     """The largest block (a power of two from 256 to ``CPU_BLOCK``) whose ``n_arrays``
-    per-neuron arrays of ``compute`` values fit in ``CPU_STACK_BUDGET``."""
+    per-neuron arrays of ``compute`` values fit in ``CPU_ARRAY_BUDGET``."""
     size = 8 if compute == "double" else 4
     block = CPU_BLOCK
-    while block > 256 and block * size * max(n_arrays, 1) > CPU_STACK_BUDGET:
+    while block > 256 and block * size * max(n_arrays, 1) > CPU_ARRAY_BUDGET:
         block //= 2
     return block
 
 
-def cpu_max_block_of(source: str) -> int:
-    """The ``NG_BLOCK`` a C++ kernel's source was generated with."""
-    match = re.search(r"^#define NG_BLOCK (\d+)$", source, re.M)
-    if match is None:
-        raise ValueError("not a neurogen C++ kernel source (no NG_BLOCK)")
-    return int(match.group(1))
+def cpu_layout_of(source: str) -> Tuple[int, int]:
+    """``(NG_BLOCK, NG_ARRAYS)`` of a C++ kernel's source: the largest block and how many
+    per-neuron arrays of compute values each thread's block needs in the scratch buffer
+    the launcher passes (runtime.launch_cpu)."""
+    block = re.search(r"^#define NG_BLOCK (\d+)$", source, re.M)
+    arrays = re.search(r"^#define NG_ARRAYS (\d+)$", source, re.M)
+    if block is None or arrays is None:
+        raise ValueError("not a neurogen C++ kernel source (no NG_BLOCK / NG_ARRAYS)")
+    return int(block.group(1)), int(arrays.group(1))
 
 # C math functions the C++ kernels declare (sympy's C99 printer can emit each of them;
 # float kernels call the ``f`` variants)

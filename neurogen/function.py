@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 
 from . import memory, runtime
-from .codegen import (KernelConfig, build_ir, cpu_max_block_of, derivation, kernel_args,
+from .codegen import (KernelConfig, build_ir, cpu_layout_of, derivation, kernel_args,
                       render_ir)
 from .spec.model import NeuronModel
 
@@ -34,7 +34,8 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
         fn = runtime.compile_kernel(source, name, fma=dtype != "float64")
-        fn.ng_max_block = cpu_max_block_of(source)
+        fn.ng_max_block, fn.ng_arrays = cpu_layout_of(source)
+        fn.ng_scratch_dtype = "float64" if dtype == "float64" else "float32"
         return fn
     return runtime.cuda_function(source, name, device)
 

@@ -402,23 +402,47 @@ def launch_cpu(fn, packed, n, max_block, T, openmp=False):
     """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
     over neuron blocks (``openmp``, see :func:`cpu_threading`) or, otherwise, blocks
     split over Python threads (ctypes releases the GIL during the call). Blocks hold at
-    most ``max_block`` neurons (the kernel's ``NG_BLOCK``); see :func:`cpu_blocks`."""
+    most ``max_block`` neurons (the kernel's ``NG_BLOCK``); see :func:`cpu_blocks`. Each
+    thread's block arrays (the kernel's ``NG_ARRAYS`` arrays of a block's size, in its
+    compute type) live in the calling thread's scratch buffer (:func:`_scratch`) rather
+    than on the threads' stacks."""
     import torch
     workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
     if n * T < 1 << 15:
         workers = 1  # too small to pay for waking threads
     size, blocks = cpu_blocks(n, max_block, workers)
     workers = min(workers, blocks)
+    stride = fn.ng_arrays * size * (8 if fn.ng_scratch_dtype == "float64" else 4)
+    base = _scratch(workers * stride)
     packed = packed + [("i64", size)]
     if workers == 1 or openmp:
-        _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks), ("i32", workers)])
+        _ctypes_call(fn, packed + [("i64", 0), ("i64", blocks), ("i32", workers),
+                                   ("ptr", base)])
         return
     bounds = [blocks * w // workers for w in range(workers + 1)]
-    futures = [_pool(workers).submit(_ctypes_call, fn, packed + [("i64", lo), ("i64", hi),
-                                                                  ("i32", 1)])
-               for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    futures = [_pool(workers).submit(_ctypes_call, fn, packed + [
+                   ("i64", lo), ("i64", hi), ("i32", 1), ("ptr", base + w * stride)])
+               for w, (lo, hi) in enumerate(zip(bounds, bounds[1:])) if hi > lo]
     for f in futures:
         f.result()
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(nbytes: int) -> int:
+    """Address of a 64-byte aligned buffer of at least ``nbytes`` that the calling thread
+    reuses for every C++ kernel call (the kernels' per-thread block arrays; at most
+    ``codegen.CPU_ARRAY_BUDGET`` per kernel thread). Kept, not freed and allocated per
+    call: a fresh buffer cost page faults on every call. A launch from one Python thread
+    finishes before that thread launches again, so one buffer per thread suffices."""
+    held = getattr(_scratch_local, "held", None)  # (bytes usable, address, buffer)
+    if held is None or held[0] < nbytes:
+        import numpy as np
+        buf = np.empty(max(nbytes, 1) + 64, dtype=np.uint8)
+        address = buf.ctypes.data
+        held = _scratch_local.held = (buf.nbytes - 64, address + (-address % 64), buf)
+    return held[1]
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """The CPU output-buffer cache (neurogen.memory) and the CPU threading modes."""
 import gc
 import subprocess
+import threading
 import sys
 
 import pytest
@@ -196,14 +197,14 @@ def test_cpu_blocks_split_evenly_within_the_largest_block():
     assert runtime.cpu_blocks(65536, 8192, 2) == (8192, 8)
 
 
-def test_cpu_block_arrays_stay_within_the_stack_budget():
-    from neurogen.codegen import CPU_BLOCK, CPU_STACK_BUDGET, cpu_max_block
+def test_cpu_block_arrays_stay_within_the_array_budget():
+    from neurogen.codegen import CPU_ARRAY_BUDGET, CPU_BLOCK, cpu_max_block
     assert cpu_max_block(3, "float") == CPU_BLOCK
     for n_arrays in (1, 8, 9, 40, 200):
         for compute, size in (("float", 4), ("double", 8)):
             block = cpu_max_block(n_arrays, compute)
             assert 256 <= block <= CPU_BLOCK
-            assert block == 256 or block * size * n_arrays <= CPU_STACK_BUDGET
+            assert block == 256 or block * size * n_arrays <= CPU_ARRAY_BUDGET
 
 
 def test_results_do_not_depend_on_the_block_size(monkeypatch):
@@ -256,3 +257,38 @@ def test_initial_states_from_the_constant_cache_stay_correct():
     ref(x)
     ref.v.sum().backward()
     torch.testing.assert_close(grads[0], x.grad, rtol=1e-4, atol=1e-5)
+
+
+SMALL_STACK = """
+import threading, torch
+from neurogen import neuron
+threading.stack_size(256 * 1024)   # below the block arrays of one Izhikevich backward block
+result = {}
+def run():
+    x = (torch.rand(16, 65536) * 2).requires_grad_()
+    node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
+    node(x).sum().backward()
+    result["ok"] = bool(torch.isfinite(x.grad).all())
+t = threading.Thread(target=run)
+t.start(); t.join()
+print(result)
+"""
+
+
+def test_kernels_run_on_a_thread_with_a_small_stack():
+    # the block arrays (384 KiB for the Izhikevich backward at 2^16 neurons) live in a
+    # scratch buffer, not on the stack: a 256 KiB thread stack used to overflow
+    proc = subprocess.run([sys.executable, "-c", SMALL_STACK], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "{'ok': True}" in proc.stdout
+
+
+def test_scratch_is_per_thread_and_reused():
+    a = runtime._scratch(1 << 20)
+    assert a % 64 == 0 and runtime._scratch(1000) == a   # smaller requests reuse it
+    other = {}
+    t = threading.Thread(target=lambda: other.setdefault("a", runtime._scratch(1 << 20)))
+    t.start()
+    t.join()
+    assert other["a"] != a
