@@ -199,6 +199,7 @@ class _Lines:
         invariant = [P(k) for k in model.param_names] + [
             sp.Symbol(name) for name in cfg.surrogate.kernel_values()]
         self.hoister = Hoister(invariant)
+        self.invariant = frozenset(invariant)  # the rewrites' cache key (lru_cache)
         self._cse_count = 0
 
     def p(self, expr) -> str:
@@ -211,7 +212,7 @@ class _Lines:
         v_rest)) / tau`` becomes one multiply-add (PERF_NOTES.md 22). Only for gradient
         expressions: it changes their rounding, and the recomputed forward values must stay
         bit-equal to the forward's."""
-        return _collect_linear(expr, frozenset(self.hoister.invariant))
+        return _collect_linear(expr, self.invariant)
 
     def spike_select(self, expr, s, u):
         """``expr``, linear in the 0/1 spike ``s`` (``s = u >= 0``), as ``u >= 0 ? expr|s=1 :
@@ -221,7 +222,7 @@ class _Lines:
         infinite or NaN ``h`` gives NaN as the product does; a parameter the weight 0 removes
         is dropped (a non-finite parameter makes every state NaN anyway). Equal to the
         product form for finite values, up to the sign of a zero."""
-        return _spike_select(expr, s, u, frozenset(self.hoister.invariant))
+        return _spike_select(expr, s, u, self.invariant)
 
     def const(self, sym, expr) -> str:
         return f"const compute_t {sym} = {self.p(expr)};"
@@ -312,10 +313,11 @@ def _spike_select(expr, s, u, invariant):
         e = expr.xreplace({s: sp.Integer(value)})
         lost = sorted(expr.free_symbols - e.free_symbols - {s} - invariant, key=str)
         branches.append(e + sp.Add(*[ZeroTimes(x) for x in lost]))
-    # the product form also turns s into 0/1, the select form needs one blend (the compare
-    # is the same); count_ops counts a multiply-add as two, so ask for a saving of two:
-    # w + b * spike (one multiply-add) stays a product
-    if sum(_cost(b, invariant) for b in branches) + 1 > _cost(expr, invariant) + 1 - 2:
+    # beside these counts the select needs one blend and the product form one operation
+    # turning s into 0/1 (the compare is the same), which cancel; count_ops counts a
+    # multiply-add as two, so ask for a saving of two: w + b * spike (one multiply-add)
+    # stays a product
+    if sum(_cost(b, invariant) for b in branches) > _cost(expr, invariant) - 2:
         return expr
     return sp.Piecewise((branches[0], sp.Ge(u, 0)), (branches[1], True))
 

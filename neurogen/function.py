@@ -34,8 +34,9 @@ def get_kernel(model, backend, kind, dtype, cfg, device):
     name, source = kernel_source(model, target, kind, dtype, cfg)
     if backend == "cpu":
         fn = runtime.compile_kernel(source, name, fma=dtype != "float64")
-        fn.ng_max_block, fn.ng_arrays = cpu_layout_of(source)
-        fn.ng_scratch_dtype = "float64" if dtype == "float64" else "float32"
+        fn.ng_max_block, arrays = cpu_layout_of(source)
+        # bytes of block arrays per neuron of a block (compute values: double or float)
+        fn.ng_array_bytes = arrays * (8 if dtype == "float64" else 4)
         return fn
     return runtime.cuda_function(source, name, device)
 

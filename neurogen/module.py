@@ -145,8 +145,7 @@ class NeuronModule(nn.Module):
         state["_v_list"] = [v if v.grad_fn is None else v.detach() for v in state["_v_list"]]
         return state
 
-    def _initial_states(self, like: torch.Tensor, shape, params=None):
-        params = self.param_values() if params is None else params
+    def _initial_states(self, like: torch.Tensor, shape, params):
         # the initial values of a float-only parameter set, evaluated once per module and
         # parameter values rather than on every call after reset() (PERF_NOTES.md 21)
         # (the signs keep 0.0 and -0.0 apart)
@@ -170,7 +169,7 @@ class NeuronModule(nn.Module):
                 out[s] = _full(shape, value, like)
         return out
 
-    def _states_for(self, x_seq, params=None):
+    def _states_for(self, x_seq, params):
         shape = x_seq.shape[1:]
         current = {s: self._memories[s] for s in self.model.state_names}
         if any(v is None for v in current.values()):
@@ -223,8 +222,8 @@ class NeuronModule(nn.Module):
                 self._memories["v_seq"] = v_seq
         return spike_seq
 
-    def _check_param_devices(self, x, params=None):
-        for k, value in (self.param_values() if params is None else params).items():
+    def _check_param_devices(self, x, params):
+        for k, value in params.items():
             if isinstance(value, torch.Tensor) and value.device != x.device:
                 raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
                                  f"{x.device}; move the module with .to(device)")
@@ -268,14 +267,14 @@ class NeuronModule(nn.Module):
         return reference.multi_step(self.model, x_seq, states, params, self.surrogate_function,
                                     self.detach_reset)
 
-    def _run_kernels(self, backend, x_seq, states, params=None):
+    def _run_kernels(self, backend, x_seq, states, params):
         model = self.model
         T, shape = x_seq.shape[0], x_seq.shape[1:]
         N = math.prod(shape)
         dtype = TORCH_DTYPES[x_seq.dtype]
         compute = torch.float64 if dtype == "float64" else torch.float32
         scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
-        for k, value in (self.param_values() if params is None else params).items():
+        for k, value in params.items():
             if not isinstance(value, torch.Tensor):
                 scalars.append((f"p_{k}", value))
                 continue

@@ -403,16 +403,16 @@ def launch_cpu(fn, packed, n, max_block, T, openmp=False):
     over neuron blocks (``openmp``, see :func:`cpu_threading`) or, otherwise, blocks
     split over Python threads (ctypes releases the GIL during the call). Blocks hold at
     most ``max_block`` neurons (the kernel's ``NG_BLOCK``); see :func:`cpu_blocks`. Each
-    thread's block arrays (the kernel's ``NG_ARRAYS`` arrays of a block's size, in its
-    compute type) live in the calling thread's scratch buffer (:func:`_scratch`) rather
-    than on the threads' stacks."""
+    thread's block arrays (``fn.ng_array_bytes`` per neuron of a block: the kernel's
+    ``NG_ARRAYS`` arrays of compute values) live in the calling thread's scratch buffer
+    (:func:`_scratch`) rather than on the threads' stacks."""
     import torch
     workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
     if n * T < 1 << 15:
         workers = 1  # too small to pay for waking threads
     size, blocks = cpu_blocks(n, max_block, workers)
     workers = min(workers, blocks)
-    stride = fn.ng_arrays * size * (8 if fn.ng_scratch_dtype == "float64" else 4)
+    stride = fn.ng_array_bytes * size
     base = _scratch(workers * stride)
     packed = packed + [("i64", size)]
     if workers == 1 or openmp:
