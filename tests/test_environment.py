@@ -61,3 +61,19 @@ def test_cupy_missing_is_backend_unavailable(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ng.BackendUnavailableError, match="pip install 'neurogen\\[cuda12\\]'"):
         runtime._cupy()
+
+
+def test_every_template_file_is_package_data():
+    # a file under neurogen/templates that no package-data pattern names is missing from a
+    # wheel (the emulation shim, templates/cuda_emulation_shim.h, once was)
+    import fnmatch
+    import pathlib
+    import tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["neurogen"]
+    files = [p.relative_to(root / "neurogen").as_posix()
+             for p in (root / "neurogen" / "templates").iterdir() if p.is_file()]
+    assert files
+    unpackaged = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert not unpackaged, f"not in package-data: {unpackaged}"
