@@ -68,10 +68,11 @@ def test_every_template_file_is_package_data():
     # wheel (the emulation shim, templates/cuda_emulation_shim.h, once was)
     import fnmatch
     import pathlib
-    import tomllib
+    import re
     root = pathlib.Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())[
-        "tool"]["setuptools"]["package-data"]["neurogen"]
+    # pyproject.toml's [tool.setuptools.package-data] line (no tomllib before Python 3.11)
+    section = (root / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    patterns = re.findall(r'"([^"]+)"', re.search(r"^neurogen = \[(.*)\]$", section, re.M)[1])
     files = [p.relative_to(root / "neurogen").as_posix()
              for p in (root / "neurogen" / "templates").iterdir() if p.is_file()]
     assert files
