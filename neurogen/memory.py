@@ -13,6 +13,12 @@ returns to the cache when the last tensor viewing it is freed. They cannot be
 resized in place (``resize_`` to a larger size raises), like any tensor made
 with ``torch.from_numpy``.
 
+Blocks of 16 MiB and more are placed at staggered offsets within a huge page (2 MiB):
+successive ones would otherwise sit one page apart modulo 2 MiB, and a kernel that
+streams several of them in step, once they outgrow the caches, ran a third slower on
+the CI-class machine (PERF_NOTES.md 26). Each such block reserves up to 2 MiB of extra
+address space (at most 1/16 of its size) for this; pages it does not touch take no memory.
+
 Control: :func:`set_cpu_cache_limit` (bytes kept at most, 0 turns caching off;
 ``$NEUROGEN_CPU_CACHE_MB`` sets the starting value, default 1024 MiB),
 :func:`empty_cpu_cache` (release every cached block), :func:`cpu_cache_info`.
@@ -32,6 +38,28 @@ MIN_BYTES = 1 << 20
 # Start of every tensor handed out: a cache line (torch's own CPU allocator aligns to 64
 # too). numpy's 16-byte alignment made every other 32-byte vector store straddle two lines.
 ALIGN = 64
+
+# Blocks of at least STAGGER_BYTES start at staggered offsets modulo HUGE (a huge page):
+# the k-th such block at page floor(frac(k * golden ratio) * pages) of its slack, plus
+# ALIGN. Consecutive large allocations otherwise land one page apart modulo 2 MiB (each
+# mmap'd region sits right below the previous one), and a kernel streaming through three
+# such tensors in step ran at 2/3 of its speed on the CI-class machine once the tensors
+# no longer fit the caches (PERF_NOTES.md 26).
+STAGGER_BYTES = 16 << 20
+PAGE = 4096
+HUGE = 2 << 20
+_GOLDEN = 0.6180339887498949
+
+
+def _slack(nbytes):
+    """Bytes of room a new block of ``nbytes`` gets for its staggered start: 0 below
+    ``STAGGER_BYTES``, else ``HUGE`` or 1/16 of the block if that is less (a power of two).
+    The room is address space; only the pages a tensor touches take memory (with
+    transparent huge pages, at most one huge page of it)."""
+    if nbytes < STAGGER_BYTES:
+        return 0
+    return min(HUGE, 1 << ((nbytes >> 4).bit_length() - 1))
+
 
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.bfloat16: np.int16}
@@ -57,6 +85,7 @@ class _Cache:
         self.cached = 0                 # bytes in the free lists
         self.limit = limit
         self.hits = self.misses = 0
+        self.placed = 0                 # blocks given a staggered start so far
 
     def take(self, nbytes):
         """A block of exactly ``nbytes`` starting on an ``ALIGN`` boundary."""
@@ -67,8 +96,17 @@ class _Cache:
                 self.hits += 1
                 return blocks.pop()
             self.misses += 1
-        raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-        start = -raw.ctypes.data % ALIGN  # numpy's blocks are only 16-byte aligned
+        slack = _slack(nbytes)
+        raw = np.empty(nbytes + slack + ALIGN, dtype=np.uint8)
+        address = raw.ctypes.data
+        if slack:
+            with self.lock:
+                k = self.placed
+                self.placed += 1
+            target = (int(k * _GOLDEN % 1.0 * (slack // PAGE)) * PAGE + ALIGN) % slack
+            start = (target - address) % slack
+        else:
+            start = -address % ALIGN  # numpy's blocks are only 16-byte aligned
         return raw[start:start + nbytes]  # keeps `raw` alive through .base
 
     def give(self, block):

@@ -61,6 +61,27 @@ def counts():
     return info["hits"], info["misses"]
 
 
+def test_large_blocks_start_at_staggered_offsets_within_a_huge_page():
+    # 16 MiB blocks (the [64, 65536] float32 tensors of the benchmark's target) and 64 MiB
+    # ones: successive allocations would sit one page apart modulo 2 MiB without this
+    for shape in [(64, 1 << 16), (256, 1 << 16)]:
+        nbytes = shape[0] * shape[1] * 4
+        slack = memory._slack(nbytes)
+        assert slack == min(memory.HUGE, nbytes // 16)
+        blocks = [memory.empty(shape, torch.float32, "cpu") for _ in range(4)]
+        offsets = [t.data_ptr() % slack for t in blocks]
+        assert all(t.data_ptr() % memory.ALIGN == 0 for t in blocks)
+        gaps = [abs(a - b) for i, a in enumerate(offsets) for b in offsets[i + 1:]]
+        assert min(gaps) >= slack // 8, offsets  # golden-ratio steps: far apart
+        for i, t in enumerate(blocks):  # each block is its own memory, all of it usable
+            t.fill_(float(i))
+            t[-1, -1] = -1.0
+        for i, t in enumerate(blocks):
+            assert float(t[0, 0]) == i and float(t[-1, -2]) == i and float(t[-1, -1]) == -1.0
+    # below the threshold: no room reserved, plain 64-byte alignment
+    assert memory._slack(memory.STAGGER_BYTES - 1) == 0
+
+
 def test_small_and_uncached_requests_use_torch():
     before = counts()
     memory.empty((16, 16), torch.float32, "cpu")
