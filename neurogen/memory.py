@@ -15,8 +15,8 @@ with ``torch.from_numpy``.
 
 Blocks of 16 MiB and more are placed at staggered offsets within a huge page (2 MiB):
 successive ones would otherwise sit one page apart modulo 2 MiB, and a kernel that
-streams several of them in step, once they outgrow the caches, ran a third slower on
-the CI-class machine (PERF_NOTES.md 26). Each such block reserves up to 2 MiB of extra
+streams several of them in step, once they outgrow the caches, took about 1.5 times as
+long on the CI-class machine (PERF_NOTES.md 26). Each such block reserves up to 2 MiB of extra
 address space (at most 1/16 of its size) for this; pages it does not touch take no memory.
 
 Control: :func:`set_cpu_cache_limit` (bytes kept at most, 0 turns caching off;
@@ -43,8 +43,8 @@ ALIGN = 64
 # the k-th such block at page floor(frac(k * golden ratio) * pages) of its slack, plus
 # ALIGN. Consecutive large allocations otherwise land one page apart modulo 2 MiB (each
 # mmap'd region sits right below the previous one), and a kernel streaming through three
-# such tensors in step ran at 2/3 of its speed on the CI-class machine once the tensors
-# no longer fit the caches (PERF_NOTES.md 26).
+# such tensors in step took about 1.5 times as long on the CI-class machine once the
+# tensors no longer fit the caches (PERF_NOTES.md 26).
 STAGGER_BYTES = 16 << 20
 PAGE = 4096
 HUGE = 2 << 20
