@@ -66,6 +66,20 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: n
 _ITEMSIZE = {t: np.dtype(d).itemsize for t, d in _NUMPY.items()}
 
 
+def aligned_empty(nbytes: int):
+    """An uninitialised numpy uint8 block of ``nbytes`` starting on an ``ALIGN`` boundary
+    (numpy's own blocks are only 16-byte aligned); it keeps its allocation alive through
+    ``.base``."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes]
+
+
+def _on_cpu(device) -> bool:
+    # the string compare first: torch.device() costs a microsecond on every call
+    return device == "cpu" or torch.device(device).type == "cpu"
+
+
 def _limit_from_env():
     text = os.environ.get("NEUROGEN_CPU_CACHE_MB", "1024")
     try:
@@ -97,16 +111,14 @@ class _Cache:
                 return blocks.pop()
             self.misses += 1
         slack = _slack(nbytes)
+        if not slack:
+            return aligned_empty(nbytes)
+        with self.lock:
+            k = self.placed
+            self.placed += 1
         raw = np.empty(nbytes + slack + ALIGN, dtype=np.uint8)
-        address = raw.ctypes.data
-        if slack:
-            with self.lock:
-                k = self.placed
-                self.placed += 1
-            target = (int(k * _GOLDEN % 1.0 * (slack // PAGE)) * PAGE + ALIGN) % slack
-            start = (target - address) % slack
-        else:
-            start = -address % ALIGN  # numpy's blocks are only 16-byte aligned
+        target = (int(k * _GOLDEN % 1.0 * (slack // PAGE)) * PAGE + ALIGN) % slack
+        start = (target - raw.ctypes.data) % slack
         return raw[start:start + nbytes]  # keeps `raw` alive through .base
 
     def give(self, block):
@@ -143,7 +155,7 @@ def empty(shape, dtype, device):
     """Like ``torch.empty(shape, dtype=dtype, device=device)`` (contiguous), with large
     CPU blocks taken from and returned to neurogen's cache."""
     npdtype = _NUMPY.get(dtype)
-    if npdtype is None or _cache.limit == 0 or (device != "cpu" and torch.device(device).type != "cpu"):
+    if npdtype is None or _cache.limit == 0 or not _on_cpu(device):
         return torch.empty(shape, dtype=dtype, device=device)
     nbytes = _ITEMSIZE[dtype]
     for s in shape:
@@ -177,7 +189,7 @@ def constant(shape, value, dtype, device):
     inputs). On the CPU the same tensor is handed out again for the same shape, value and
     dtype; one that was changed in place since (its version counter moved) is refilled.
     Other devices get a fresh ``torch.full``."""
-    if device != "cpu" and torch.device(device).type != "cpu":
+    if not _on_cpu(device):
         return torch.full(shape, float(value), dtype=dtype, device=device)
     value = float(value)
     # the sign keeps -0.0 apart; NaN, unequal to itself, gets a key that is

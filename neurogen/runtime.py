@@ -436,12 +436,11 @@ def _scratch(nbytes: int) -> int:
     ``codegen.CPU_ARRAY_BUDGET`` per kernel thread). Kept, not freed and allocated per
     call: a fresh buffer cost page faults on every call. A launch from one Python thread
     finishes before that thread launches again, so one buffer per thread suffices."""
-    held = getattr(_scratch_local, "held", None)  # (bytes usable, address, buffer)
-    if held is None or held[0] < nbytes:
-        import numpy as np
-        buf = np.empty(max(nbytes, 1) + 64, dtype=np.uint8)
-        address = buf.ctypes.data
-        held = _scratch_local.held = (buf.nbytes - 64, address + (-address % 64), buf)
+    held = getattr(_scratch_local, "held", None)  # (buffer, its address)
+    if held is None or held[0].nbytes < nbytes:
+        from .memory import aligned_empty
+        buf = aligned_empty(max(nbytes, 1))
+        held = _scratch_local.held = (buf, buf.ctypes.data)
     return held[1]
 
 
