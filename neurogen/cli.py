@@ -89,13 +89,13 @@ def _learnable(model, args):
 
 
 def cmd_show(args):
-    from .display import backward_text
+    from .display import backward_text, value_plan_text
     model = load_model(args.model)
     learn = _learnable(model, args)
     print(model)
     print("\nBackward of one step (reverse mode; ng_g_* = gradient w.r.t. a state after reset):")
     print(backward_text(model, args.surrogate, args.detach_reset, learn))
-    _, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
+    step, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
                        args.detach_reset, learn)
     nbytes = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[args.dtype]
     saved = ", ".join(f"{bw_name(model, s)}" for s in bw.saved) or "nothing"
@@ -104,6 +104,7 @@ def cmd_show(args):
     recomputed = [f"previous {s}" for s in bw.needs_prev] + (["x (re-read)"] if bw.needs_x else [])
     if recomputed:
         print("Recomputed in the backward: " + ", ".join(recomputed))
+    print("\n" + value_plan_text(step, bw))
 
 
 def bw_name(model, s):
@@ -111,7 +112,7 @@ def bw_name(model, s):
         return f"{s} after adaptation"
     if s in model.charge:
         return f"{s} after charge (h)"
-    return s
+    return f"{s} (reset only: its value during the step)"
 
 
 def _config(model, args):

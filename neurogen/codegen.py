@@ -171,7 +171,7 @@ def kernel_args(model: NeuronModel, kind: str, cfg: KernelConfig) -> List[Arg]:
         args += [Arg(f"grad_final_{s}", "in", "io") for s in states]
         args += [Arg(f"saved_{s}", "in", "io") for s in bw.saved]
         args += [Arg("x_seq", "in", "io")] if bw.needs_x else []
-        args += [Arg(f"init_{s}", "in", "io") for s in bw.needs_prev]
+        args += [Arg(f"init_{s}", "in", "io") for s in bw.needs_init]
         args += params + [Arg("grad_x_seq", "out", "io")]
         args += [Arg(f"grad_init_{s}", "out", "io") for s in states]
         args += [Arg(f"grad_p_{k}", "out", "compute") for k in cfg.learnable]
@@ -304,6 +304,23 @@ def _linear_parts(expr, invariant):
     return None
 
 
+def _weighted_away(expr, s, value, invariant):
+    """``ZeroTimes`` terms for what the product form multiplies by a zero weight at ``s =
+    value``: the per-step factors of each product that vanishes (``2 s v`` at s = 0 gives
+    ``0 * v``, NaN for an infinite ``v``, even where ``v`` stays in the branch), and each
+    per-step value the branch loses otherwise (``h - s h`` at s = 1: ``inf - inf``)."""
+    out, covered = set(), set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Mul) and node.has(s) and node.xreplace({s: value}) == 0:
+            factors = [a for a in node.args if not a.has(s) and not a.free_symbols <= invariant]
+            if factors:
+                out.add(ZeroTimes(sp.Mul(*factors)))
+                covered |= set().union(*(a.free_symbols for a in factors))
+    lost = expr.free_symbols - expr.xreplace({s: value}).free_symbols - {s} - invariant
+    out |= {ZeroTimes(x) for x in lost - covered}
+    return sorted(out, key=sp.default_sort_key)
+
+
 @functools.lru_cache(maxsize=4096)
 def _spike_select(expr, s, u, invariant):
     if not expr.has(s) or sp.diff(expr, s, 2) != 0:
@@ -311,8 +328,7 @@ def _spike_select(expr, s, u, invariant):
     branches = []
     for value in (1, 0):
         e = expr.xreplace({s: sp.Integer(value)})
-        lost = sorted(expr.free_symbols - e.free_symbols - {s} - invariant, key=str)
-        branches.append(e + sp.Add(*[ZeroTimes(x) for x in lost]))
+        branches.append(e + sp.Add(*_weighted_away(expr, s, sp.Integer(value), invariant)))
     # beside these counts the select needs one blend and the product form one operation
     # turning s into 0/1 (the compare is the same), which cancel; count_ops counts a
     # multiply-add as two, so ask for a saving of two: w + b * spike (one multiply-add)
@@ -360,6 +376,9 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
         if stage == "reset":
             out.append(lines.spike("spike", "ng_u"))
         out += lines.block(assignments)
+    if cfg.save:
+        # V[t], stored before the state updates below overwrite a reset-only state's value
+        out += [f"saved_{s}[ng_ti] = ng_io({step.V[s]});" for s in bw.saved]
     for s in model.state_names:
         new = step.new_state(s)
         if new != P(s):
@@ -367,8 +386,6 @@ def _forward_step(model, step: Step, bw: Backward, cfg, lines: _Lines) -> List[s
     out.append("spike_seq[ng_ti] = ng_io(spike);")
     if cfg.store_v_seq:
         out.append(f"v_seq[ng_ti] = ng_io({model.v_name});")
-    if cfg.save:
-        out += [f"saved_{s}[ng_ti] = ng_io({step.V[s]});" for s in bw.saved]
     return out
 
 
@@ -393,11 +410,19 @@ def _surrogate_pass(step: Step, bw: Backward, lines: _Lines) -> List[str]:
     its own from the saved values (``ng_sgbuf``) before the step's main loop (see
     :func:`_separate_surrogate`)."""
     fire_states = [s for s in bw.saved if step.V[s] in step.fire.free_symbols]
-    out = [f"const compute_t {step.V[s]} = ng_ld(saved_{s}[ng_ti]);" for s in fire_states]
+    out = _constant_loads(step, bw, step.fire.free_symbols)
+    out += [f"const compute_t {step.V[s]} = ng_ld(saved_{s}[ng_ti]);" for s in fire_states]
     out += lines.block([(U, step.fire)])
     out += lines.block([(SG, bw.surrogate)])
     out.append(f"ng_sgbuf[ng_j - ng_c] = {SG};")
     return out
+
+
+def _constant_loads(step: Step, bw: Backward, symbols=None) -> List[str]:
+    """Loads of the constant states (no equation: the initial value at every step) among
+    ``symbols`` (all by default)."""
+    return [f"const compute_t {s} = ng_ld(init_{s}[ng_i]);" for s in bw.constant
+            if symbols is None or P(s) in symbols]
 
 
 def _backward_parts(model, step: Step, bw: Backward, cfg, lines: _Lines, sg_pass=False):
@@ -429,7 +454,8 @@ def _backward_body(model, step: Step, bw: Backward, cfg, lines: _Lines, phase: s
     comes from :func:`_surrogate_pass`'s buffer."""
     states = model.state_names
     sv = {step.V[q]: sp.Symbol(f"ng_sv_{q}") for q in bw.saved}
-    body = [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
+    body = _constant_loads(step, bw)
+    body += [f"const compute_t {step.V[s]} = ng_sv_{s};" for s in bw.saved]
     prev = {s: step.reset.get(s, step.V[s]).xreplace(sv) for s in bw.needs_prev}
     if phase == "inner":
         # step t reads V[t] (carried in ng_sv_*) and loads V[t-1] for step t-1

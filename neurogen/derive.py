@@ -12,6 +12,7 @@ name neurogen adds starts with ``ng_``):
   may compute it in a pass of its own before the step's other arithmetic),
 - ``ng_g_v``: gradient of the loss w.r.t. ``v`` after this step's reset.
 """
+import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -88,17 +89,21 @@ class Backward:
     ``stages``: readable staged assignments (for display). ``outputs``: the
     composed expressions of ``ng_gP_<s>`` (gradient w.r.t. the previous state),
     ``ng_gx`` and ``ng_gp_<k>`` (this step's contribution to parameter ``k``).
-    ``saved``: the states whose post-adaptation value ``V`` is stored per step.
+    Which per-step values the backward reads and where each comes from (saved by
+    the forward, recomputed, or the initial value) is :func:`plan_values`' decision;
+    its docstring states the rules.
     """
     stages: List[Tuple[sp.Symbol, sp.Expr]]
     outputs: Dict[str, sp.Expr]
-    saved: Tuple[str, ...]
+    saved: Tuple[str, ...]           # states whose value V[t] the forward stores per step
     needs_x: bool
-    needs_prev: Tuple[str, ...]      # previous states needed (recomputed from saved[t-1])
+    needs_prev: Tuple[str, ...]      # previous values recomputed from saved[t-1] (init at t=0)
     needs_h: Tuple[str, ...]         # adapted states whose charged value is recomputed
     needs_u: bool
     learnable: Tuple[str, ...] = field(default=())
     surrogate: Optional[sp.Expr] = None  # ng_sg's value (a function of ng_u); None if unused
+    constant: Tuple[str, ...] = ()   # states without equations: the initial value at every step
+    needs_init: Tuple[str, ...] = ()  # initial states the backward reads (prev and constant)
 
 
 def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: bool,
@@ -170,42 +175,105 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
     return _with_needs(step, stages, outputs, tuple(k.name for k in params), surrogate_at_u)
 
 
+def state_kind(step: Step, s: str) -> str:
+    """``"computed"`` (a charge or adaptation equation gives it a new value in the step),
+    ``"reset-only"`` (only a reset changes it: during a step it keeps the value the
+    previous step's reset gave it) or ``"constant"`` (no equation: the initial value)."""
+    if s in step.charge or s in step.adapt:
+        return "computed"
+    return "reset-only" if s in step.reset else "constant"
+
+
+def plan_values(step: Step, used) -> dict:
+    """Where the backward of step ``t`` gets each per-step value it reads (``used``: the
+    symbols of the derived gradient expressions).
+
+    Every value is the one the forward computed in the same step; the rules:
+
+    - ``V_s[t]``, the value after adaptation (what fire and reset read), of a
+      *computed* state is **saved** by the forward. It is new in step t, and
+      rebuilding it would mean re-running the step's charge from step t-1's values.
+    - ``P_s[t]``, the value before the step, of a computed state is **recomputed** from
+      step t-1's saved values: it is step t-1's reset (or ``V_s[t-1]`` without one), and
+      the initial value at t = 0. Its reset's inputs are saved instead.
+    - The charged value ``H_s[t]`` of a state with charge and adaptation is recomputed
+      from ``P[t]`` and ``x[t]``.
+    - The fire value ``u[t]`` (hence the spike and the surrogate derivative) is
+      recomputed from the ``V[t]`` of the states fire reads.
+    - A *constant* state (no equation) is its initial value at every step: read from the
+      initial state, nothing saved.
+    - A *reset-only* state has one value during step t (``P_s[t] = V_s[t]``: what step t-1's
+      reset gave it). It is saved, **unless** recomputing it from step t-1 (as for a
+      previous value) adds no saved array: every state its reset reads (and fire's, when
+      the reset reads the spike) is saved anyway or constant, and none of them is itself
+      recomputed (a recomputed value exists at step t only, not at t-1). Among the
+      admissible choices the one with the fewest saved arrays is taken (exhaustively; on a
+      tie the value is saved, which costs the backward no arithmetic).
+
+    Within this scheme (the backward of step t reads step t's and step t-1's saved
+    values, never re-runs older steps) the saved set is the minimum: each saved state is
+    read at some step and has no other source. The one exception left: a computed state
+    whose equations read no state (``c <- 2 x``) could be rebuilt from ``x[t]`` but is
+    saved. docs/performance.md has the same rules as a table; ``neurogen show`` prints
+    them for a model. Returns the fields of :class:`Backward` this decides.
+    """
+    states = step.states
+    kind = {s: state_kind(step, s) for s in states}
+    fire_reads = {q for q in states if step.V[q] in step.fire.free_symbols}
+    need_h = {s for s in step.adapt if s in step.charge and H(s) in used}
+    needs_x = step.x in used or any(step.x in step.charge[s].free_symbols for s in need_h)
+    needs_u = U in used or spike in used
+    now = {q for q in states if step.V[q] in used}       # V[t] read (after adaptation)
+    before = {q for q in states if P(q) in used}         # P[t] read (before the step)
+    for s in need_h:
+        before |= {q for q in states if P(q) in step.charge[s].free_symbols}
+    if needs_u:
+        now |= fire_reads
+    # for reset-only and constant states P[t] and V[t] are one value (and one symbol)
+    read = now | before
+    base_saved = {q for q in now if kind[q] == "computed"}
+    base_prev = {q for q in before if kind[q] == "computed"}
+    constant = {q for q in read if kind[q] == "constant"}
+    choices = sorted(q for q in read if kind[q] == "reset-only")
+
+    def closure(recomputed):
+        """(saved, constant) when the reset-only states ``recomputed`` are rebuilt from
+        step t-1, or None when that is impossible."""
+        saved = base_saved | (set(choices) - recomputed)
+        consts = set(constant)
+        for s in base_prev | recomputed:
+            expr = step.reset.get(s, step.V[s])
+            reads = {q for q in states if step.V[q] in expr.free_symbols}
+            if expr.has(spike) or expr.has(spike_d):
+                reads |= fire_reads
+            for q in reads:
+                if q in recomputed:
+                    return None
+                (consts if kind[q] == "constant" else saved).add(q)
+        return saved, consts
+
+    best = None
+    subsets = (itertools.chain.from_iterable(itertools.combinations(choices, k)
+                                             for k in range(len(choices) + 1))
+               if len(choices) <= 10 else [()])
+    for subset in subsets:
+        result = closure(set(subset))
+        if result is not None and (best is None or len(result[0]) < len(best[1][0])):
+            best = (set(subset), result)
+    recomputed, (saved, constant) = best
+    order = lambda names: tuple(s for s in states if s in names)  # noqa: E731
+    prev = base_prev | recomputed
+    return dict(saved=order(saved), needs_x=needs_x, needs_prev=order(prev),
+                needs_h=order(need_h), needs_u=needs_u, constant=order(constant),
+                needs_init=order(prev | constant))
+
+
 def _with_needs(step: Step, stages, outputs, learnable, surrogate) -> Backward:
-    """Decide which per-step values the backward must save or recompute."""
     used = set().union(*(e.free_symbols for e in outputs.values()))
     if SG in used:
         used |= surrogate.free_symbols
-    states = step.states
-    unchanged = {s for s in states if s not in step.charge and s not in step.adapt}
-    saved, prev, need_h = set(), set(), set()
-    needs_x = step.x in used
-    needs_u = U in used or spike in used
-    fire_states = {q for q in states if step.V[q] in step.fire.free_symbols}
-    if needs_u:
-        saved |= fire_states
-    for s in states:
-        if s in step.adapt and H(s) in used:
-            need_h.add(s)
-        if step.V[s] in used and s not in unchanged:
-            saved.add(s)
-        if P(s) in used:
-            (saved if s in unchanged else prev).add(s)
-    # Recomputing a charged value needs the previous states and input it reads.
-    for s in need_h:
-        for q in states:
-            if P(q) in step.charge[s].free_symbols:
-                (saved if q in unchanged else prev).add(q)
-        needs_x = needs_x or step.x in step.charge[s].free_symbols
-    # A previous state is the previous step's reset, read from the previous saved values.
-    for s in prev:
-        expr = step.reset.get(s, step.V[s])
-        saved |= {q for q in states if step.V[q] in expr.free_symbols}
-        if spike in expr.free_symbols or spike_d in expr.free_symbols:
-            saved |= fire_states
-    order = lambda names: tuple(s for s in states if s in names)  # noqa: E731
-    return Backward(stages=stages, outputs=outputs, saved=order(saved), needs_x=needs_x,
-                    needs_prev=order(prev), needs_h=order(need_h), needs_u=needs_u,
-                    learnable=learnable, surrogate=surrogate if SG in used else None)
+    return Backward(stages=stages, outputs=outputs, learnable=learnable,
+                    surrogate=surrogate if SG in used else None, **plan_values(step, used))
 
 
 class Hoister:

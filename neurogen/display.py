@@ -135,4 +135,48 @@ def backward_text(model, surrogate, detach_reset=False, learnable=()) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["model_text", "model_latex", "model_markdown", "backward_text", "backward_latex"]
+_KIND_LABEL = {"charge": "charge", "adaptation": "adaptation",
+               "both": "charge and adaptation", "reset-only": "reset only",
+               "constant": "no equation: constant"}
+
+
+def value_plan_text(step, bw) -> str:
+    """Where the backward of a step gets each state's values (the rules are in
+    :func:`neurogen.derive.plan_values`): one line per state, then the input and the
+    fire value. ``V[t]``: a state's value after adaptation in step t (what fire and
+    reset read); ``P[t]``: its value before step t."""
+    from .derive import state_kind
+    lines = ["Values the backward of step t reads (each the forward's value of the same step):"]
+    for s in step.states:
+        kind = state_kind(step, s)
+        if kind == "computed":
+            label = ("both" if s in step.charge and s in step.adapt
+                     else "charge" if s in step.charge else "adaptation")
+        else:
+            label = kind
+        parts = []
+        if s in bw.saved:
+            what = "V[t]" if kind == "computed" else "its value (= P[t] = V[t])"
+            parts.append(f"{what} saved by the forward at every step")
+        if s in bw.needs_prev:
+            what = "P[t]" if kind == "computed" else "its value (= P[t] = V[t])"
+            source = (f"step t-1's reset ({step.model.reset[s]})" if s in step.reset
+                      else "V[t-1]")
+            parts.append(f"{what} recomputed from {source} on step t-1's saved values, "
+                         "the initial value at t = 0")
+        if s in bw.needs_h:
+            parts.append("its charged value H[t] recomputed from P[t]")
+        if s in bw.constant:
+            parts.append("the initial value at every step")
+        if not parts:
+            parts.append("not read")
+        lines.append(f"  {s} ({_KIND_LABEL[label]}): " + "; ".join(parts))
+    if bw.needs_x:
+        lines.append(f"  {step.x} (input): re-read from the input sequence")
+    if bw.needs_u:
+        lines.append("  fire value u[t] (spike, surrogate derivative): recomputed from V[t]")
+    return "\n".join(lines)
+
+
+__all__ = ["value_plan_text", "model_text", "model_latex", "model_markdown", "backward_text",
+           "backward_latex"]

@@ -146,7 +146,7 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
                    for s, g in zip(states, g_finals)})
     values.update({f"saved_{s}": t for s, t in zip(bw.saved, saved)})
     values["x_seq"] = x_seq
-    values.update({f"init_{s}": inits[s] for s in bw.needs_prev})
+    values.update({f"init_{s}": inits[s] for s in bw.needs_init})
     values.update({f"p_{k}": t for k, t in params.items()})
     grad_x = memory.empty((T, N), **io)
     grad_init = {s: torch.empty(N, **io) for s in states}

@@ -12,6 +12,176 @@ SURROGATES = [ng.surrogate.Sigmoid, ng.surrogate.ATan, ng.surrogate.PiecewiseQua
               ng.surrogate.Erf, ng.surrogate.PiecewiseLeakyReLU, ng.surrogate.Rect]
 
 
+def surrogates():
+    """A library surrogate with hyper-parameters drawn around their defaults."""
+    return st.sampled_from(SURROGATES).flatmap(lambda cls: st.builds(
+        cls, **{k: st.floats(0.5 * v, 2.0 * v) for k, v in cls.defaults.items()}))
+
+
+# ---- structure: which groups each state is in, and where each state is read --------------------
+# (issue 17: a wrong gradient hid while every generated model gave each state a charge or
+# adaptation equation)
+EXTRA_STATES = ("w", "c", "r")
+# a bounded function of one state (keeps random models finite over a few steps); {o} is a
+# second state
+READ_FORMS = ("{q}", "tanh({q})", "sigmoid(2 * {q}) - 0.5", "{q} * {q} / (1 + {q} * {q})",
+              "exp(-{q} * {q})", "0.5 * {q} * tanh({o})")
+# every subset of the three groups with an equation per state
+MEMBERSHIPS = (("charge", "reset"), ("reset",), (), ("charge",), ("adaptation",),
+               ("charge", "adaptation"), ("adaptation", "reset"),
+               ("charge", "adaptation", "reset"))
+RESET_FORMS = ("hard", "soft", "jump", "last_spike", "mix", "other", "nonlinear")
+
+
+class _Builder:
+    """Parameters and terms of one generated model."""
+
+    def __init__(self, draw, states):
+        self.draw, self.states = draw, states
+        self.params = {}
+        self.charge_states, self.adapt_states = set(), set()
+
+    def param(self, lo, hi, prefix="p"):
+        name = f"{prefix}{len(self.params)}"
+        self.params[name] = self.draw(st.floats(lo, hi))
+        return name
+
+    def coef(self, lo=0.05, hi=0.4):
+        """A literal, a parameter or a parameter expression (hoisted by the kernels)."""
+        kind = self.draw(st.sampled_from(["literal", "param", "expr"]))
+        if kind == "literal":
+            return repr(round(self.draw(st.floats(lo, hi)), 3))
+        if kind == "param":
+            return self.param(lo, hi)
+        return f"({self.param(lo, hi)} / (1 + {self.param(0.1, 1.0)}))"
+
+    def decay(self, s):
+        if self.draw(st.booleans()):
+            return f"{self.param(0.3, 0.9)} * {s}"
+        return f"(1 - 1 / {self.param(1.5, 4.0)}) * {s}"
+
+    def read(self, readable):
+        q = self.draw(st.sampled_from(readable))
+        o = self.draw(st.sampled_from(readable))
+        return self.draw(st.sampled_from(READ_FORMS)).format(q=q, o=o)
+
+    def terms(self, readable, most=2):
+        n = self.draw(st.integers(0, most))
+        return [f"{self.coef()} * {self.read(readable)}" for _ in range(n)]
+
+    def reset(self, s):
+        """A reset of ``s``: the library's forms, resets that read other states and
+        spikes, and a reset nonlinear in the spike (no select in the backward)."""
+        states, d = self.states, self.draw
+        spk = d(st.sampled_from(["spike", "spike_d"]))
+        # a reset-only state often copies the spike or another state (snnTorch's Leaky keeps
+        # the last spike): the backward may then recompute it instead of saving it
+        only = not any(s in g for g in (self.charge_states, self.adapt_states))
+        form = d(st.sampled_from(("last_spike", "other") + RESET_FORMS if only else RESET_FORMS))
+        if form == "hard":
+            target = d(st.sampled_from(["param", "literal", "state"]))
+            if target == "param":
+                value = self.param(-0.2, 0.2, "v_reset")
+            else:
+                value = "0.1" if target == "literal" else self.read(states)
+            return f"(1 - spike_d) * {s} + {spk} * {value}"
+        if form == "soft":
+            return f"{s} - spike_d * {self.coef(0.3, 1.0)}"
+        if form == "jump":
+            return f"{s} + {self.coef()} * spike"
+        if form == "last_spike":
+            return spk
+        if form == "mix":
+            return f"{self.decay(s)} + {self.coef()} * {self.read(states)} * {spk}"
+        if form == "other":
+            return f"{self.coef(0.3, 0.9)} * {self.read(states)}"
+        return f"{s} * (1 - {spk} * spike) + 0.2 * spike * spike"
+
+
+READ_PLACES = ("charge", "adaptation", "fire", "other_reset", "own_reset")
+SUBJECT = "w"
+
+
+def subject_cases():
+    """Every (groups of the subject state ``w``, place where it is read): eight memberships
+    times the four places any state can be read in, and its own reset for the four
+    memberships with a reset."""
+    return [(groups, place) for groups in MEMBERSHIPS for place in READ_PLACES
+            if place != "own_reset" or "reset" in groups]
+
+
+@st.composite
+def structures(draw, subject=None, surrogate=None):
+    """``(model, surrogate, detach_reset, kinds)``: each state is in a random subset of
+    {charge, adaptation, reset} (all eight: charge only, adaptation only, both, reset only,
+    no equation, each with or without a reset) and every equation reads random states in
+    random bounded forms: charge, adaptation, fire, its own reset and other states'
+    resets, with ``spike``/``spike_d`` in resets. ``subject=(groups, place)`` forces a
+    state ``w`` with those groups that is read in that place (``other_reset``: another
+    state's reset, ``own_reset``: its own). ``kinds`` maps each parameter to ``float``,
+    ``neuron`` (a per-neuron tensor), or ``learnable`` / ``learnable_neuron`` (the same as
+    an ``nn.Parameter``). ``surrogate``: a surrogate class to use (default: drawn)."""
+    extra = draw(st.lists(st.sampled_from(EXTRA_STATES[1:]), max_size=2, unique=True))
+    if subject is not None or draw(st.booleans()):
+        extra = [SUBJECT] + extra
+    states = ["v"] + extra
+    groups = {s: set(draw(st.sampled_from(MEMBERSHIPS))) for s in states}
+    if subject is not None:
+        groups[SUBJECT] = set(subject[0])
+    candidates = [s for s in states if "charge" in groups[s]] or [
+        s for s in states if s != SUBJECT or subject is None]
+    driven = draw(st.sampled_from(candidates))
+    groups[driven].add("charge")
+    place = subject[1] if subject is not None else None
+    if place == "adaptation" and not any("adaptation" in groups[s] for s in states):
+        groups[draw(st.sampled_from([s for s in states if s != SUBJECT] ))].add("adaptation")
+    if place == "other_reset" and not any("reset" in groups[s] for s in states if s != SUBJECT):
+        groups["v"].add("reset")
+    b = _Builder(draw, states)
+    charge, adaptation, reset = {}, {}, {}
+    for s in states:
+        if "charge" in groups[s]:
+            parts = ([b.decay(s)] if draw(st.booleans()) or s == driven else [])
+            parts += b.terms(states)
+            if s == driven or draw(st.booleans()):
+                parts.append(f"{b.coef(0.3, 1.0)} * x")
+            charge[s] = parts
+        if "adaptation" in groups[s]:
+            adaptation[s] = [b.decay(s)] + b.terms(states)
+    b.charge_states, b.adapt_states = set(charge), set(adaptation)
+    for s in states:
+        if "reset" in groups[s]:
+            reset[s] = [b.reset(s)]
+    fire = [driven] + b.terms(states)
+    if place is not None:  # the subject read where asked, in a random bounded form
+        term = f"{b.coef()} * {b.read([SUBJECT])}"
+        if place == "charge":
+            charge[driven].append(term)
+        elif place == "adaptation":
+            adaptation[draw(st.sampled_from(sorted(adaptation)))].append(term)
+        elif place == "fire":
+            fire.append(term)
+        else:
+            owners = [SUBJECT] if place == "own_reset" else sorted(set(reset) - {SUBJECT})
+            owner = draw(st.sampled_from(owners))
+            spk = draw(st.sampled_from(["", " * spike", " * spike_d"]))
+            reset[owner].append(term + spk)
+    model = ng.NeuronModel(
+        "structure", states={s: 0.0 for s in states}, params=b.params,
+        charge={s: " + ".join(p) or "0.5 * x" for s, p in charge.items()},
+        adaptation={s: " + ".join(p) for s, p in adaptation.items()},
+        fire=" + ".join(fire) + f" - {b.param(0.4, 0.9, 'th')}",
+        reset={s: " + ".join(p) for s, p in reset.items()})
+    kinds = {k: draw(st.sampled_from(["float", "neuron", "learnable", "learnable_neuron"]))
+             for k in model.param_names}
+    if surrogate is None:
+        sg = draw(surrogates())
+    else:
+        sg = draw(st.builds(surrogate, **{k: st.floats(0.5 * v, 2.0 * v)
+                                          for k, v in surrogate.defaults.items()}))
+    return model, sg, draw(st.booleans()), kinds
+
+
 @st.composite
 def models(draw):
     """(model, surrogate, detach_reset, learnable parameter names)."""

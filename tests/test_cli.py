@@ -21,6 +21,11 @@ mine = ng.NeuronModel("my_alif", states={"v": 0.0, "th": "th0"},
                       adaptation={"th": "th + (th0 - th) / tau_th"},
                       fire="v - th", reset={"v": "(1 - spike_d) * v", "th": "th + beta * spike"})
 not_a_model = 42
+# r: the last spike (reset only), th: a per-neuron threshold (no equation), c: unread
+leaky = ng.NeuronModel("leaky_r", states={"v": 0.0, "r": 0.0, "th": 1.0, "c": 0.0},
+                       params={"beta": 0.85},
+                       charge={"v": "beta * (1 - r) * v + x"}, fire="v - th",
+                       reset={"r": "spike_d", "c": "c + spike"})
 '''
 BAD_MODEL = '''
 import neurogen as ng
@@ -40,6 +45,7 @@ COMMANDS = {
     "emit_cpp": ["emit", "lif", "--target", "cpp"],
     "check_izh": ["check", "izhikevich", "--arch", "sm_80", "--dtype", "float32"],
     "user_show": ["show", "my_neuron.py:mine"],
+    "leaky_show": ["show", "my_neuron.py:leaky"],
     "user_emit": ["emit", "my_neuron.py:mine", "--target", "cpp", "--kernel", "backward",
                   "--learnable", "tau"],
     "user_check": ["check", "my_neuron.py:mine", "--arch", "sm_80", "--dtype", "float32"],
@@ -121,6 +127,20 @@ def test_show_izhikevich(runs):
     assert re.search(r"^Saved per neuron-step for the backward: v after charge \(h\) "
                      r"\(4 bytes in float32\)$", out, re.M)
     assert "Recomputed in the backward: previous v" in out
+    assert ("  v (charge): V[t] saved by the forward at every step; P[t] recomputed from step "
+            "t-1's reset (spike*v_reset + v*(1 - spike_d)) on step t-1's saved values, the "
+            "initial value at t = 0") in out
+    assert "  w (adaptation): not read" in out
+
+
+def test_show_says_where_each_value_comes_from(runs):
+    out = ok(runs["leaky_show"])
+    assert "Saved per neuron-step for the backward: v after charge (h) (4 bytes" in out
+    assert ("  r (reset only): its value (= P[t] = V[t]) recomputed from step t-1's reset "
+            "(spike_d) on step t-1's saved values, the initial value at t = 0") in out
+    assert "  th (no equation: constant): the initial value at every step" in out
+    assert "  c (reset only): not read" in out
+    assert "  fire value u[t] (spike, surrogate derivative): recomputed from V[t]" in out
 
 
 def test_emit_half_precision_cuda_backward(runs):

@@ -29,7 +29,7 @@ def check_cpu_against_reference(case, seed):
 CASES = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=200, **CASES)
+@settings(max_examples=100, **CASES)  # beside test_structure_fuzz's structures
 @given(models(), st.integers(0, 2**16))
 def test_random_models_cpu_equal_reference(case, seed):
     check_cpu_against_reference(case, seed)

@@ -2,6 +2,9 @@
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from strategies import structures
 
 import neurogen as ng
 from neurogen.codegen import DTYPES
@@ -58,3 +61,21 @@ def test_neurogen_check_reports_no_spills_for_any_library_kernel():
     assert len(rows) == len(LIBRARY) * len(DTYPES) * 2 * 2   # models x dtypes x kinds x archs
     for row in rows:
         assert "registers" in row and "spill 0 B" in row, row
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(structures(), st.sampled_from(list(DTYPES)))
+def test_generated_structures_compile(case, dtype):
+    """Generated structures (reset-only and constant states among them, tests/strategies.py)
+    compile with NVRTC; float kernels use no double instruction."""
+    model, surrogate, detach, kinds = case
+    learnable = tuple(k for k, v in kinds.items() if v.startswith("learnable"))
+    param_kinds = tuple((k, "neuron") for k, v in kinds.items() if v.endswith("neuron"))
+    for kind in ("forward", "backward"):
+        src = model.cuda_source(kind, dtype, surrogate=surrogate, detach_reset=detach,
+                                learnable=learnable, param_kinds=param_kinds)
+        ptx = compile_ptx(src, "compute_80")
+        assert ".entry ng_" in ptx
+        if dtype != "float64":
+            assert not re.search(r"\.f64\b", ptx), f"{kind} {dtype} uses double\n{model}"

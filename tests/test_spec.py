@@ -63,7 +63,6 @@ INVALID = [
     # states
     (lif(states={"v": None}), r"state 'v' has no initial value"),
     (lif(states={}), r"states must be a non-empty dict"),
-    (izh(adaptation=None, reset={v: (1 - spike_d) * v}), r"state 'w' has no equation"),
     (lif(states={"v": float("inf")}), r"initial value of state 'v' contains the non-finite number oo"),
     (lif(states={"v": f(tau)}), r"initial value of state 'v' calls unsupported function f"),
     # fire

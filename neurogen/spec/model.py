@@ -195,10 +195,6 @@ class NeuronModel:
         if not any(x in e.free_symbols for e in self.charge.values()):
             raise SpecError(f"no charge equation uses the input {self.input_name!r}; a neuron must "
                             f"be driven by its input, e.g. charge={{'v': 'v + {self.input_name}'}}")
-        for n in self.state_names:
-            if n not in self.charge and n not in self.adaptation and n not in self.reset:
-                raise SpecError(f"state {n!r} has no equation (charge, adaptation or reset); "
-                                "give it one or make it a parameter")
         for n, expr in self.adaptation.items():
             if x in expr.free_symbols:
                 raise SpecError(f"adaptation equation of {n!r} uses the input {self.input_name!r}; "
