@@ -20,7 +20,7 @@ import time
 import torch
 
 from . import neuron
-from .codegen import derivation, make_config
+from .config import derivation, make_config
 
 MODELS = ("IzhikevichNode", "LIFNode", "AdExNode")
 # neurogen name -> (SpikingJelly class, its operator package under spikingjelly._ops)

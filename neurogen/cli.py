@@ -7,9 +7,12 @@ import sys
 import time
 
 from . import surrogate as sg
-from .codegen import DTYPES, KINDS, TARGETS, derivation, make_config
+from .config import derivation, make_config
+from .lower import DTYPES
 from .errors import BackendUnavailableError, CompileError, SpecError
 
+KINDS = ("forward", "backward")
+LANGUAGES = ("cuda", "cpp")
 ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif": "QIFNode",
            "eif": "EIFNode", "cuba_lif": "CUBALIFNode", "cubalif": "CUBALIFNode",
            "izhikevich": "IzhikevichNode", "adex": "AdExNode"}
@@ -98,21 +101,20 @@ def cmd_show(args):
     step, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
                        args.detach_reset, learn)
     nbytes = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[args.dtype]
-    saved = ", ".join(f"{bw_name(model, s)}" for s in bw.saved) or "nothing"
+    saved = ", ".join(saved_name(step, y) for y in bw.saved) or "nothing"
     print(f"\nSaved per neuron-step for the backward: {saved} "
           f"({len(bw.saved) * nbytes} bytes in {args.dtype})")
-    recomputed = [f"previous {s}" for s in bw.needs_prev] + (["x (re-read)"] if bw.needs_x else [])
+    recomputed = [f"previous {s}" for s in bw.prev] + (["x (re-read)"] if bw.needs_x else [])
     if recomputed:
         print("Recomputed in the backward: " + ", ".join(recomputed))
     print("\n" + value_plan_text(step, bw))
 
 
-def bw_name(model, s):
-    if s in model.adaptation:
-        return f"{s} after adaptation"
-    if s in model.charge:
-        return f"{s} after charge (h)"
-    return f"{s} (reset only: its value during the step)"
+def saved_name(step, sym):
+    """``v after charge``, ``w before the step``: a saved value in words."""
+    stage = step.stage_of(sym)
+    state = step.state_of(sym)
+    return f"{state} before the step" if stage is None else f"{state} after {stage.name}"
 
 
 def _config(model, args):
@@ -122,7 +124,7 @@ def _config(model, args):
 
 
 def cmd_emit(args):
-    from .codegen import render
+    from .targets import render
     model = load_model(args.model)
     if args.target == "cpp" and args.dtype not in ("float32", "float64"):
         raise SystemExit(f"neurogen: the C++ CPU kernels run float32 or float64, not "
@@ -131,8 +133,8 @@ def cmd_emit(args):
 
 
 def cmd_check(args):
-    from .codegen import render
-    from .runtime import compile_ptx
+    from .targets import render
+    from .targets.cuda import compile_ptx
     from . import neuron
     refs = args.models or list(neuron.LIBRARY)
     failures = 0
@@ -188,13 +190,14 @@ def cmd_demo(args):
 
 
 def cmd_cache(args):
-    from . import runtime
+    from .cache import cache_dir
+    from .targets.host_compiler import clear_cache
     if args.action == "path":
-        print(runtime.cache_dir())
+        print(cache_dir())
         return 0
-    removed = runtime.clear_cache()
+    removed = clear_cache()
     print(f"removed {len(removed)} compiled kernel file(s) and build folder(s) from "
-          f"{runtime.cache_dir() / 'cpu'}")
+          f"{cache_dir() / 'cpu'}")
     return 0
 
 
@@ -216,7 +219,7 @@ def build_parser():
     q.set_defaults(func=cmd_show)
     q = sub.add_parser("emit", help="print the exact kernel source that runs")
     q.add_argument("model")
-    q.add_argument("--target", default="cuda", choices=TARGETS)
+    q.add_argument("--target", default="cuda", choices=LANGUAGES)
     q.add_argument("--kernel", default="forward", choices=KINDS)
     q.add_argument("--store-v-seq", action="store_true")
     model_opts(q)

@@ -8,19 +8,19 @@ from .surrogate import Sigmoid
 
 
 def model_text(model) -> str:
-    """Plain-text description: states, parameters and the four equation groups."""
+    """Plain-text description: states, parameters and the equations of each stage."""
+    from .stages import FireStage
     lines = [f"NeuronModel {model.name!r} (input {model.input_name}, fires on "
              f"{model.v_name})"]
     lines.append("  states: " + ", ".join(f"{s} (initial {model.initial[s]})"
                                           for s in model.state_names))
     lines.append("  params: " + (", ".join(f"{k}={v!r}" for k, v in model.defaults.items())
                                  or "none"))
-    for group in ("charge", "adaptation"):
-        for s, e in getattr(model, group).items():
-            lines.append(f"  {group:<10} {s} <- {e}")
-    lines.append(f"  {'fire':<10} spike = Heaviside({model.fire})")
-    for s, e in model.reset.items():
-        lines.append(f"  {'reset':<10} {s} <- {e}")
+    for stage in model.stages:
+        if isinstance(stage, FireStage):
+            lines.append(f"  {stage.name:<10} spike = Heaviside({stage.fire(model)})")
+        for s, e in stage.equations(model).items():
+            lines.append(f"  {stage.name:<10} {s} <- {e}")
     return "\n".join(lines)
 
 
@@ -33,16 +33,16 @@ def _spike_names(model):
 
 def model_latex(model) -> str:
     """The step equations as a LaTeX ``aligned`` block (for Jupyter)."""
+    from .stages import FireStage
     names = _spike_names(model)
     rows = []
-    for group in ("charge", "adaptation"):
-        for s, e in getattr(model, group).items():
-            rows.append(rf"\text{{{group}}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
+    for stage in model.stages:
+        if isinstance(stage, FireStage):
+            rows.append(rf"\text{{{stage.name}}}:\ & {names[spike]} = "
+                        rf"\Theta\left({sp.latex(stage.fire(model))}\right)")
+        for s, e in stage.equations(model).items():
+            rows.append(rf"\text{{{stage.name}}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
                         rf"{sp.latex(e, symbol_names=names)}")
-    rows.append(rf"\text{{fire}}:\ & {names[spike]} = \Theta\left({sp.latex(model.fire)}\right)")
-    for s, e in model.reset.items():
-        rows.append(rf"\text{{reset}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
-                    rf"{sp.latex(e, symbol_names=names)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
@@ -95,7 +95,7 @@ def backward_latex(model, surrogate=None, detach_reset=False, learnable=()) -> s
     >>> r"\bar{x} &= " in backward_latex(ng.neuron.LIFNode.spec)
     True
     """
-    from .codegen import derivation
+    from .config import derivation
     surrogate = surrogate if surrogate is not None else Sigmoid()
     _, bw = derivation(model, surrogate, bool(detach_reset), tuple(learnable))
     symbols = set().union(*({sym} | e.free_symbols for sym, e in bw.stages))
@@ -128,53 +128,45 @@ def model_markdown(model, surrogate=None) -> str:
 
 def backward_text(model, surrogate, detach_reset=False, learnable=()) -> str:
     """The derived backward of one step, stage by stage (reverse mode)."""
-    from .codegen import derivation
+    from .config import derivation
     step, bw = derivation(model, surrogate, detach_reset, tuple(learnable))
     lines = [f"surrogate {surrogate.key()}: g'(u) = {surrogate.derivative_expr()}"]
     lines += [f"  {sym} = {expr}" for sym, expr in bw.stages]
     return "\n".join(lines)
 
 
-_KIND_LABEL = {"charge": "charge", "adaptation": "adaptation",
-               "both": "charge and adaptation", "reset-only": "reset only",
-               "constant": "no equation: constant"}
+def _value_name(step, sym) -> str:
+    stage = step.stage_of(sym)
+    return "its value before the step" if stage is None else f"its value after {stage.name}"
 
 
 def value_plan_text(step, bw) -> str:
     """Where the backward of a step gets each state's values (the rules are in
     :func:`neurogen.derive.plan_values`): one line per state, then the input and the
-    fire value. ``V[t]``: a state's value after adaptation in step t (what fire and
-    reset read); ``P[t]``: its value before step t."""
-    from .derive import state_kind
+    fire value."""
     lines = ["Values the backward of step t reads (each the forward's value of the same step):"]
+    recomputed = set(bw.recompute)
     for s in step.states:
-        kind = state_kind(step, s)
-        if kind == "computed":
-            label = ("both" if s in step.charge and s in step.adapt
-                     else "charge" if s in step.charge else "adaptation")
-        else:
-            label = kind
-        parts = []
-        if s in bw.saved:
-            what = "V[t]" if kind == "computed" else "its value (= P[t] = V[t])"
-            parts.append(f"{what} saved by the forward at every step")
-        if s in bw.needs_prev:
-            what = "P[t]" if kind == "computed" else "its value (= P[t] = V[t])"
-            source = (f"step t-1's reset ({step.model.reset[s]})" if s in step.reset
-                      else "V[t-1]")
-            parts.append(f"{what} recomputed from {source} on step t-1's saved values, "
-                         "the initial value at t = 0")
-        if s in bw.needs_h:
-            parts.append("its charged value H[t] recomputed from P[t]")
+        groups = [st.name for st in step.stages if s in st.equations(step.model)]
+        label = (" and ".join(groups) if len(groups) < 3 else ", ".join(groups)) if groups \
+            else "no equation: constant"
+        parts = [f"{_value_name(step, y)} saved by the forward at every step"
+                 for y in bw.saved if step.state_of(y) == s]
+        if s in bw.prev:
+            stage = step.stage_of(step.final[s])
+            parts.append(f"its value before the step rebuilt from step t-1's {stage.name} "
+                         f"({stage.equations(step.model)[s]}) on step t-1's saved values "
+                         "(the initial value at t = 0)")
+        parts += [f"{_value_name(step, y)} recomputed" for y in step.defs
+                  if y in recomputed and step.state_of(y) == s]
         if s in bw.constant:
             parts.append("the initial value at every step")
-        if not parts:
-            parts.append("not read")
-        lines.append(f"  {s} ({_KIND_LABEL[label]}): " + "; ".join(parts))
+        lines.append(f"  {s} ({label}): " + ("; ".join(parts) or "not read"))
     if bw.needs_x:
         lines.append(f"  {step.x} (input): re-read from the input sequence")
-    if bw.needs_u:
-        lines.append("  fire value u[t] (spike, surrogate derivative): recomputed from V[t]")
+    from .stages import U
+    if U in recomputed:
+        lines.append("  fire value u[t] (spike, surrogate derivative): recomputed")
     return "\n".join(lines)
 
 

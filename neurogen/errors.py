@@ -1,4 +1,5 @@
-"""Typed errors raised by neurogen. Each names what is wrong and how to fix it."""
+"""Typed errors raised by neurogen, each naming what is wrong and how to fix it, and
+its one-time warnings."""
 
 
 class SpecError(ValueError):
@@ -27,3 +28,11 @@ class CompileError(RuntimeError):
 
 class BackendUnavailableError(RuntimeError):
     """A requested backend cannot run here (missing package, compiler or GPU)."""
+
+
+def warn_once(message: str, _seen=set()):
+    """Warn (a RuntimeWarning) the first time ``message`` comes up in this process."""
+    import warnings
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -5,16 +5,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import memory, reference, runtime
+from . import memory, reference, targets
 from . import surrogate as sg
-from .codegen import make_config
-from .errors import BackendUnavailableError
-from .function import TORCH_DTYPES, MultiStep, Plan
+from .autograd import compiling, constant_result
 from .spec.model import NeuronModel
-
-CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-_PLANS = {}  # NeuronModule._plan's cache
-BACKENDS = ("auto", "cpu", "cuda", "cupy", "torch", "cuda-emulated")
 
 
 class NeuronModule(nn.Module):
@@ -78,9 +72,10 @@ class NeuronModule(nn.Module):
 
     @backend.setter
     def backend(self, name):
-        if name not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, not {name!r}")
-        self.__dict__["_backend"] = "cuda" if name == "cupy" else name
+        if not isinstance(name, str):
+            raise TypeError(f"backend must be a target name such as 'cpu', got "
+                            f"{type(name).__name__}")
+        self.__dict__["_backend"] = targets.canonical(name)
 
     def set_param(self, name: str, value):
         """Set parameter ``name`` to a float, a tensor, or an ``nn.Parameter``."""
@@ -207,11 +202,11 @@ class NeuronModule(nn.Module):
         states = self._states_for(x_seq, params)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")
-        backend = _backend_when_compiling(self, x_seq) if _compiling() else self._resolve_backend(x_seq)
-        if backend == "torch":
-            spike_seq, v_seq, finals = self._run_reference(x_seq, states)
+        if compiling():
+            target = targets.get(_target_when_compiling(self, x_seq))
         else:
-            spike_seq, v_seq, finals = self._run_kernels(backend, x_seq, states, params)
+            target = targets.resolve(self.backend, x_seq)
+        spike_seq, v_seq, finals = target.run(self, x_seq, states, params)
         for s in self.model.state_names:
             self._memories[s] = finals[s]
         if self.store_v_seq:
@@ -228,120 +223,6 @@ class NeuronModule(nn.Module):
                 raise ValueError(f"parameter {k!r} is on {value.device} but the input is on "
                                  f"{x.device}; move the module with .to(device)")
 
-    def _resolve_backend(self, x):
-        name = self.backend
-        if name == "auto":
-            if x.is_cuda:
-                try:
-                    runtime._cupy()
-                    return "cuda"
-                except BackendUnavailableError as exc:
-                    runtime.warn_once(f"neurogen: falling back to the torch backend: {exc}")
-                    return "torch"
-            if x.dtype not in CPU_DTYPES:
-                runtime.warn_once(f"neurogen: the CPU kernels run float32/float64/bfloat16, not {x.dtype}; "
-                                  "using the (slower) torch backend")
-                return "torch"
-            try:
-                runtime.cxx()
-                return "cpu"
-            except BackendUnavailableError as exc:
-                runtime.warn_once(f"neurogen: falling back to the torch backend: {exc}")
-                return "torch"
-        if name == "cpu":
-            if x.device.type != "cpu":
-                raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
-            if x.dtype not in CPU_DTYPES:
-                raise TypeError(f"backend='cpu' runs float32, float64 or bfloat16, not {x.dtype}; "
-                                "convert the input or use backend='torch'")
-        if name == "cuda" and not x.is_cuda:
-            raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {x.device}")
-        if name == "cuda-emulated" and x.device.type != "cpu":
-            raise ValueError("backend='cuda-emulated' runs the CUDA kernels on the CPU and needs "
-                             f"CPU tensors, got a tensor on {x.device}")
-        return name
-
-    def _run_reference(self, x_seq, states):
-        params = {k: (v.to(x_seq.dtype) if isinstance(v, torch.Tensor) else v)
-                  for k, v in self.param_values().items()}
-        return reference.multi_step(self.model, x_seq, states, params, self.surrogate_function,
-                                    self.detach_reset)
-
-    def _run_kernels(self, backend, x_seq, states, params):
-        model = self.model
-        T, shape = x_seq.shape[0], x_seq.shape[1:]
-        N = math.prod(shape)
-        dtype = TORCH_DTYPES[x_seq.dtype]
-        compute = torch.float64 if dtype == "float64" else torch.float32
-        scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
-        for k, value in params.items():
-            if not isinstance(value, torch.Tensor):
-                scalars.append((f"p_{k}", value))
-                continue
-            try:
-                torch.broadcast_shapes(value.shape, shape)
-            except RuntimeError:
-                raise ValueError(f"parameter {k!r} has shape {tuple(value.shape)}, which does not "
-                                 f"broadcast to the neuron shape {tuple(shape)}") from None
-            if len(torch.broadcast_shapes(value.shape, shape)) > len(shape):
-                raise ValueError(f"parameter {k!r} has more dimensions than the neuron shape "
-                                 f"{tuple(shape)}")
-            value = value.to(compute)
-            if value.numel() == 1:
-                kinds[k] = "shared"
-                tensors.append(value.reshape(1))
-            else:
-                kinds[k] = "neuron"
-                tensors.append(value.expand(shape).reshape(N).contiguous())
-            tensor_params.append(k)
-            if value.requires_grad:
-                learnable.append(k)
-        needs_grad = torch.is_grad_enabled() and (
-            x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
-        inits = [_as_shape(states[s], (N,)).contiguous() for s in model.state_names]
-        x2d = _as_shape(x_seq, (T, N)).contiguous()
-        if _compiling():
-            # torch.compile: one custom op per call; the plan is built outside the graph
-            key, values = _compiled_plan(self, backend, dtype, tuple(kinds.items()),
-                                         tuple(learnable) if needs_grad else (), needs_grad,
-                                         tuple(tensor_params), tuple(scalars))
-            out = torch.ops.neurogen.multistep(key, x2d, inits + tensors, list(values))
-        else:
-            plan = self._plan(backend, dtype, kinds, learnable, needs_grad, tensor_params,
-                              scalars)
-            out = MultiStep.apply(plan, x2d, *inits, *tensors)
-        spike_seq, v_seq, finals = out[0], out[1], out[2:2 + len(model.state_names)]
-        finals = {s: _as_shape(f, shape) for s, f in zip(model.state_names, finals)}
-        v_seq = _as_shape(v_seq, x_seq.shape) if self.store_v_seq else None
-        return _as_shape(spike_seq, x_seq.shape), v_seq, finals
-
-    def _plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
-        """The :class:`Plan` of one call, reused while nothing it depends on changes (its
-        kernels and argument lists are looked up once per plan)."""
-        key = (self.model, self.surrogate_function.key(), self.detach_reset, self.store_v_seq,
-               backend, dtype, tuple(dict(kinds).items()), tuple(learnable), needs_grad,
-               tuple(tensor_params), tuple(scalars))
-        try:
-            plan = _PLANS.get(key)
-        except TypeError:  # an unhashable parameter value set by hand: no reuse
-            return self._new_plan(backend, dtype, kinds, learnable, needs_grad, tensor_params,
-                                  scalars)
-        if plan is None:
-            if len(_PLANS) >= 256:
-                _PLANS.clear()
-            plan = _PLANS[key] = self._new_plan(backend, dtype, kinds, learnable, needs_grad,
-                                                tensor_params, scalars)
-        return plan
-
-    def _new_plan(self, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
-        cfg = make_config(self.model, surrogate=self.surrogate_function,
-                          detach_reset=self.detach_reset, store_v_seq=self.store_v_seq,
-                          save=needs_grad, learnable=tuple(learnable) if needs_grad else (),
-                          param_kinds=tuple(dict(kinds).items()))
-        scalars = list(scalars) + list(self.surrogate_function.kernel_values().items())
-        return Plan(model=self.model, backend=backend, dtype=dtype, cfg=cfg,
-                    scalars=tuple(scalars), tensor_params=tuple(tensor_params))
-
     def extra_repr(self):
         parts = [f"{k}={v if not isinstance(v, torch.Tensor) else tuple(v.shape)}"
                  for k, v in self.param_values().items()]
@@ -357,46 +238,17 @@ def _detached(memories, graph_only=False):
                 else v) for k, v in memories.items()}
 
 
-def _as_shape(t, shape):
-    """``t.reshape(shape)``, or ``t`` itself when it has that shape already: a reshape to
-    the same shape still adds a view node that autograd runs in every backward."""
-    return t if t.shape == tuple(shape) else t.reshape(shape)
-
-
 def _full(shape, value, like):
     """A constant initial state: shared between calls in eager mode (memory.constant), a
     plain ``torch.full`` inside a torch.compile graph."""
-    if _compiling():
+    if compiling():
         return torch.full(shape, float(value), dtype=like.dtype, device=like.device)
     return memory.constant(shape, value, like.dtype, like.device)
 
 
-def _compiling():
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling")
-                and compiler.is_compiling())
-
-
-def _constant_result(fn):
-    # What torch._dynamo.assume_constant_result does; set directly so that importing
-    # neurogen does not import dynamo (over a second).
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@_constant_result
-def _backend_when_compiling(module, x):
-    return module._resolve_backend(x)
-
-
-@_constant_result
-def _compiled_plan(module, backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
-    """(key of the registered plan, scalar argument values); run once while tracing."""
-    from . import ops
-    if not ops.AVAILABLE:
-        raise RuntimeError("torch.compile of neurogen neurons needs torch >= 2.4 (custom ops)")
-    plan = module._plan(backend, dtype, kinds, learnable, needs_grad, tensor_params, scalars)
-    return ops.register(plan), tuple(float(v) for _, v in plan.scalars)
+@constant_result
+def _target_when_compiling(module, x):
+    return targets.resolve(module.backend, x).name
 
 
 def _check_input(x, min_dim):

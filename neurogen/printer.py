@@ -4,15 +4,8 @@ import sympy as sp
 from sympy.codegen.ast import float32, float64, real
 from sympy.printing.c import C99CodePrinter
 
+from .rewrite import ZeroTimes
 from .spec.functions import sigmoid, sigmoid_grad
-
-
-class ZeroTimes(sp.Function):
-    """``0 * x`` that sympy does not simplify away: 0 for finite ``x``, NaN for an infinite
-    or NaN ``x``. Kernels add it where a select replaces a product by a 0/1 weight, so the
-    weighted-away value still propagates NaN and inf as the product would."""
-
-    nargs = 1
 
 
 class KernelPrinter(C99CodePrinter):

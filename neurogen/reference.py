@@ -110,25 +110,26 @@ def multi_step(model, x_seq, states, params, surrogate, detach_reset=False):
     """Run ``model`` over ``x_seq`` [T, ...] from ``states`` (name -> tensor).
 
     ``params`` maps each parameter name to a float or tensor. Returns
-    ``(spike_seq, v_seq, final_states)``; differentiable by autograd.
+    ``(spike_seq, v_seq, final_states)``; differentiable by autograd. Each step runs the
+    model's stage list (``model.stages``) in order, every stage reading the states' current
+    values; the fire stage thresholds with :class:`SpikeFunction`.
     """
-    env = dict(params)
+    from .stages import FireStage
     spikes, v_seq = [], []
     cur = dict(states)
     for t in range(x_seq.shape[0]):
         x = x_seq[t]
-        env_p = {**env, **cur, model.input_name: x}
-        B = {s: evaluate(e, env_p, x) for s, e in model.charge.items()}
-        B = {s: B.get(s, cur[s]) for s in model.state_names}
-        env_b = {**env, **B}
-        V = {s: evaluate(e, env_b, x) for s, e in model.adaptation.items()}
-        V = {s: _t(V.get(s, B[s]), x) for s in model.state_names}
-        env_v = {**env, **V}
-        spike = spike_fn(_t(evaluate(model.fire, env_v, x), x), surrogate)
-        env_v["spike"] = spike
-        env_v["spike_d"] = spike.detach() if detach_reset else spike
-        R = {s: _t(evaluate(e, env_v, x), x) for s, e in model.reset.items()}
-        cur = {s: R.get(s, V[s]) for s in model.state_names}
+        spike = None
+        for stage in model.stages:
+            env = {**params, **cur, model.input_name: x}
+            if spike is not None:
+                env["spike"] = spike
+                env["spike_d"] = spike.detach() if detach_reset else spike
+            if isinstance(stage, FireStage):
+                spike = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate)
+                continue
+            new = {s: _t(evaluate(e, env, x), x) for s, e in stage.equations(model).items()}
+            cur = {**cur, **new}
         spikes.append(spike)
         v_seq.append(cur[model.v_name])
     if not spikes:

@@ -2,9 +2,9 @@
 (issue 17's audit; no compiler needed):
 
 - ``Hoister``: parameter-only subexpressions become ``ng_k<n>`` constants;
-- ``_collect_linear``: gradient sub-expressions linear in the per-step values become
+- ``collect_linear``: gradient sub-expressions linear in the per-step values become
   hoisted-coefficient multiply-adds;
-- ``_spike_select``: an expression linear in the 0/1 spike becomes a select whose
+- ``spike_select``: an expression linear in the 0/1 spike becomes a select whose
   dropped per-step terms keep NaN and inf (``ZeroTimes``).
 
 Random expression trees over per-step symbols (states, gradients, a spike) and
@@ -17,8 +17,7 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neurogen.codegen import _collect_linear, _spike_select
-from neurogen.derive import Hoister
+from neurogen.rewrite import Hoister, collect_linear, spike_select
 from neurogen.spec.functions import sigmoid
 
 STEP = sp.symbols("v w g h")          # per-step values
@@ -100,7 +99,7 @@ def linear_sums(draw):
 @settings(**SETTINGS)
 @given(st.one_of(linear_sums(), exprs(STEP + PARAMS)), st.integers(0, 2**16))
 def test_collected_linear_form_equals_the_original(expr, seed):
-    out = _collect_linear(expr, INVARIANT)
+    out = collect_linear(expr, INVARIANT)
     assert out.free_symbols <= expr.free_symbols
     assert_same_values(out, expr, seed)
 
@@ -123,7 +122,7 @@ def spike_linear(draw):
 @settings(**SETTINGS)
 @given(st.one_of(spike_linear(), exprs(STEP + PARAMS + (S,))), st.integers(0, 2**16))
 def test_spike_select_equals_the_product_form(expr, seed):
-    out = _spike_select(expr, S, U, INVARIANT)
+    out = spike_select(expr, S, U, INVARIANT)
     if out == expr:
         return
     for value in (0, 1):  # (a select with equal branches is its branch)
@@ -137,7 +136,7 @@ def test_spike_select_equals_the_product_form(expr, seed):
 def test_spike_select_keeps_nan_and_inf_of_dropped_values(expr, where, bad, seed):
     """Where the product form gives NaN because a per-step value is inf or NaN (``0 *
     inf``), the select gives NaN too: the weighted-away value stays as ``ZeroTimes``."""
-    out = _spike_select(expr, S, U, INVARIANT)
+    out = spike_select(expr, S, U, INVARIANT)
     if out == expr:
         return
     symbols = STEP + PARAMS + (S, U)

@@ -1,5 +1,6 @@
 """The on-disk CPU kernel cache under faults: corrupted or foreign files, unwritable
 folders, concurrent builders, and ``neurogen cache clear``/``path`` (issue 6)."""
+import ctypes
 import os
 import shutil
 import subprocess
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 
-from neurogen import runtime
+import neurogen as ng
+from neurogen import cache as ng_cache
 from neurogen.cli import main
+from neurogen.targets import host_compiler
 
 from conftest import needs_cxx
 
@@ -24,11 +27,10 @@ pytestmark = needs_cxx
 def cache(tmp_path, monkeypatch):
     """A fresh $NEUROGEN_CACHE_DIR and empty in-process caches (restored afterwards)."""
     monkeypatch.setenv("NEUROGEN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(runtime, "_loaded", {})
-    monkeypatch.setattr(runtime, "_functions", {})
-    monkeypatch.setattr(runtime, "_fallback", {})
-    runtime.forget_kernels()  # and no kernel handles kept by earlier plans
-    return tmp_path / "cache"
+    monkeypatch.setattr(host_compiler.LIBRARIES, "_fallback", {})
+    ng.forget_kernels()  # no loaded library, function or kernel handle kept from before
+    yield tmp_path / "cache"
+    ng.forget_kernels()
 
 
 def kernel(value):
@@ -38,22 +40,25 @@ def kernel(value):
 
 
 def call(source, name):
-    fn = runtime.compile_cpp(source, name)
-    fn.restype = runtime.ctypes.c_double
+    fn = host_compiler.compile_cpp(source, name)
+    fn.restype = ctypes.c_double
     return fn()
 
 
+def key_of(source):
+    return host_compiler.library_key(source, host_compiler.cxx(), host_compiler.CPU_FLAGS)
+
+
 def path_of(source):
-    key = runtime._cpu_key(source, runtime.cxx(), runtime.CPU_FLAGS)
-    return runtime.cache_dir() / "cpu" / f"{key}.so"
+    return host_compiler.LIBRARIES.path(key_of(source))
 
 
 def built(source, name):
-    """Build ``source`` in a throwaway cache and return the artefact's bytes."""
+    """Build ``source`` in a throwaway folder and return the sealed artefact's bytes."""
     path = path_of(source)
-    runtime._build(source, runtime.cxx(), runtime.CPU_FLAGS,
-                   _mkdir(path.parent / ".scratch") / "lib.so", path.stem)
-    data = (path.parent / ".scratch" / "lib.so").read_bytes()
+    out = _mkdir(path.parent / ".scratch") / "kernel.so"
+    host_compiler._build(source, host_compiler.cxx(), host_compiler.CPU_FLAGS, out)
+    data = ng_cache.LibraryCache.seal(out.read_bytes(), key_of(source))
     shutil.rmtree(path.parent / ".scratch")
     return data
 
@@ -76,7 +81,7 @@ def test_corrupted_artefact_is_rebuilt(cache, bad):
     name, source = kernel(1.25)
     whole = built(source, name)
     data = {"garbage": os.urandom(4096), "empty": b"", "truncated": whole[:len(whole) // 3],
-            "unsealed": whole[:whole.rindex(runtime._SEAL)],  # ELF intact, seal gone
+            "unsealed": whole[:whole.rindex(ng_cache.SEAL)],  # ELF intact, seal gone
             "flipped": whole[:100] + bytes([whole[100] ^ 1]) + whole[101:],
             "text": b"not a shared library\n"}[bad]
     path = plant(source, data)
@@ -101,7 +106,7 @@ def test_stale_library_with_the_symbol_but_another_key_is_rebuilt(cache):
 def test_valid_artefact_is_reused_without_compiling(cache, monkeypatch):
     name, source = kernel(5.5)
     plant(source, built(source, name))
-    monkeypatch.setattr(runtime, "_build", lambda *a: pytest.fail("rebuilt a valid artefact"))
+    monkeypatch.setattr(host_compiler, "_build", lambda *a: pytest.fail("rebuilt a valid artefact"))
     assert call(source, name) == 5.5
 
 
@@ -111,7 +116,7 @@ def _fallback_works(monkeypatch, cache_path):
     name, source = kernel(6.5)
     with pytest.warns(RuntimeWarning, match="cannot write the kernel cache"):
         assert call(source, name) == 6.5
-    private = runtime._fallback[Path(cache_path) / "cpu"]
+    private = host_compiler.LIBRARIES._fallback[Path(cache_path) / "cpu"]
     assert list(private.glob("*.so")) and not str(private).startswith(str(cache_path))
     # the second new kernel reuses the fallback without another warning
     name2, source2 = kernel(8.5)
@@ -196,7 +201,7 @@ def test_four_processes_building_the_same_new_model(tmp_path):
     assert len(libs) == 2  # one forward and one backward artefact, each written once
     assert not list(folder.glob(".build-*")), "temporary build folders left behind"
     for lib in libs:
-        runtime.ctypes.CDLL(str(lib))  # each artefact is a whole library
+        ctypes.CDLL(str(lib))  # each artefact is a whole library
     # a fifth process reuses them
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300)
@@ -236,7 +241,7 @@ def test_cache_clear_then_rebuild(cache, capsys):
     assert main(["cache", "clear"]) == 0
     assert not (cache / "cpu").exists()  # empty once neurogen's files are gone
     assert main(["cache", "clear"]) == 0  # clearing an empty cache is fine
-    runtime.forget_kernels()  # as in a new process
+    ng.forget_kernels()  # as in a new process
     node.reset()
     assert torch.equal(node(x), first)
     assert list((cache / "cpu").glob("*.so"))

@@ -124,28 +124,28 @@ def test_show_izhikevich(runs):
                   "ng_gx = ng_gB_v/tau"):
         assert f"  {stage}" in out, stage
     assert "surrogate Sigmoid(alpha=4.0)" in out
-    assert re.search(r"^Saved per neuron-step for the backward: v after charge \(h\) "
+    assert re.search(r"^Saved per neuron-step for the backward: v after charge "
                      r"\(4 bytes in float32\)$", out, re.M)
     assert "Recomputed in the backward: previous v" in out
-    assert ("  v (charge): V[t] saved by the forward at every step; P[t] recomputed from step "
-            "t-1's reset (spike*v_reset + v*(1 - spike_d)) on step t-1's saved values, the "
-            "initial value at t = 0") in out
-    assert "  w (adaptation): not read" in out
+    assert ("  v (charge and reset): its value after charge saved by the forward at every "
+            "step; its value before the step rebuilt from step t-1's reset (spike*v_reset + "
+            "v*(1 - spike_d)) on step t-1's saved values (the initial value at t = 0)") in out
+    assert "  w (adaptation and reset): not read" in out
 
 
 def test_show_says_where_each_value_comes_from(runs):
     out = ok(runs["leaky_show"])
-    assert "Saved per neuron-step for the backward: v after charge (h) (4 bytes" in out
-    assert ("  r (reset only): its value (= P[t] = V[t]) recomputed from step t-1's reset "
-            "(spike_d) on step t-1's saved values, the initial value at t = 0") in out
+    assert "Saved per neuron-step for the backward: v after charge (4 bytes" in out
+    assert ("  r (reset): its value before the step rebuilt from step t-1's reset (spike_d) "
+            "on step t-1's saved values (the initial value at t = 0)") in out
     assert "  th (no equation: constant): the initial value at every step" in out
-    assert "  c (reset only): not read" in out
-    assert "  fire value u[t] (spike, surrogate derivative): recomputed from V[t]" in out
+    assert "  c (reset): not read" in out
+    assert "  fire value u[t] (spike, surrogate derivative): recomputed" in out
 
 
 def test_emit_half_precision_cuda_backward(runs):
     out = ok(runs["emit_half"])
-    assert out.startswith("// neurogen: model izhikevich_node, template cuda_backward.cu.j2")
+    assert out.startswith("// neurogen: model izhikevich_node, template cuda_kernel.cu.j2")
     assert "typedef __half io_t;" in out and "#include <cuda_fp16.h>" in out
     assert re.search(r'extern "C" __global__ void ng_izhikevich_node_backward_float16_\w+\(', out)
     assert "const compute_t sg_alpha" in out and "grad_x_seq" in out
@@ -153,7 +153,7 @@ def test_emit_half_precision_cuda_backward(runs):
 
 def test_emit_cpp(runs):
     out = ok(runs["emit_cpp"])
-    assert out.startswith("// neurogen: model lif_node, template cpp_forward.cpp.j2")
+    assert out.startswith("// neurogen: model lif_node, template cpp_kernel.cpp.j2")
     assert "#include <stdint.h>" in out and 'extern "C" float expf(float) noexcept;' in out
     assert re.search(r'extern "C" void ng_lif_node_forward_float32_\w+\(', out)
     assert "__global__" not in out and "threadIdx" not in out
@@ -169,7 +169,7 @@ def test_user_model_show(runs):
 
 def test_user_model_emit(runs):
     out = ok(runs["user_emit"])
-    assert out.startswith("// neurogen: model my_alif, template cpp_backward.cpp.j2")
+    assert out.startswith("// neurogen: model my_alif, template cpp_kernel.cpp.j2")
     assert "grad_p_tau" in out
 
 
@@ -267,8 +267,9 @@ def test_show_with_options(capsys):
                         "--dtype", "float64"], capsys)
     assert code == 0
     assert "surrogate ATan(alpha=3.0)" in out and "  ng_gp_tau = " in out
-    assert "v after charge (h), w after adaptation (16 bytes in float64)" in out
-    assert "Recomputed in the backward: previous v, previous w, x (re-read)" in out
+    # dH/dtau reads w: saved as it was before the step (nothing to rebuild for it)
+    assert "w before the step, v after charge (16 bytes in float64)" in out
+    assert "Recomputed in the backward: previous v, x (re-read)" in out
 
 
 @pytest.mark.parametrize("argv, code, message", [

@@ -1,4 +1,4 @@
-"""Generator output: golden printing, determinism, hoisting, minimal saved values."""
+"""Generator output: golden printing, determinism, hoisting, minimal saved values, the IR."""
 import os
 import random
 import subprocess
@@ -8,9 +8,11 @@ import pytest
 import sympy as sp
 
 import neurogen as ng
-from neurogen.codegen import _collect_linear, _spike_select, derivation, kernel_args, make_config
+from neurogen import abi
+from neurogen.config import derivation, make_config
+from neurogen.rewrite import ZeroTimes, collect_linear, spike_select
 from neurogen.neuron import izhikevich_spec, lif_spec
-from neurogen.printer import ZeroTimes, print_expr
+from neurogen.printer import print_expr
 
 v, x, tau = sp.symbols("v x tau")
 
@@ -58,7 +60,7 @@ def test_sources_are_byte_identical_across_processes():
 def test_header_names_model_template_and_spec():
     src = izhikevich_spec().cuda_source("forward")
     first = src.splitlines()[0]
-    assert first.startswith("// neurogen: model izhikevich_node, template cuda_forward.cu.j2")
+    assert first.startswith("// neurogen: model izhikevich_node, template cuda_kernel.cu.j2")
     assert izhikevich_spec().spec_hash in first
 
 
@@ -66,16 +68,17 @@ def test_izhikevich_saves_only_the_charged_v():
     model = izhikevich_spec()
     cfg = make_config(model)
     _, bw = derivation(model, cfg.surrogate, False, ())
-    assert bw.saved == ("v",)          # h alone; v[t-1] is recomputed from h[t-1]
-    assert bw.needs_prev == ("v",) and not bw.needs_x
-    names = [a.name for a in kernel_args(model, "forward", cfg) if a.role == "out"]
-    assert names == ["spike_seq", "final_v", "final_w", "saved_v"]
+    assert bw.saved == (sp.Symbol("ng_h_v"),)   # h alone; v[t-1] is rebuilt from h[t-1]
+    assert bw.prev == ("v",) and not bw.needs_x
+    names = [a.name for a in abi.kernel_args(model, "forward", cfg, bw) if a.role == "out"]
+    assert names == ["spike_seq", "final_v", "final_w", "saved_h_v"]
 
 
 def test_learnable_tau_needs_more_saved_values(adex):
     cfg = make_config(adex, learnable=("tau",))
     _, bw = derivation(adex, cfg.surrogate, False, cfg.learnable)
-    assert bw.saved == ("v", "w") and bw.needs_x   # dH/dtau reads x and w
+    # dH/dtau reads x and w: w is saved as it was before the step, h rebuilds v[t-1]
+    assert bw.saved == (sp.Symbol("w"), sp.Symbol("ng_h_v")) and bw.needs_x
 
 
 def test_time_steps_are_a_runtime_argument():
@@ -112,7 +115,7 @@ def _same(e1, e2, symbols, n=20):
 def test_linear_gradient_factor_is_collected_into_one_multiply_add():
     factor = 1 + (a0 * (v - v_c) + a0 * (v - v_rest)) / tau
     expr = g * factor
-    new = _collect_linear(expr, INVARIANT)
+    new = collect_linear(expr, INVARIANT)
     assert new != expr
     _same(new, expr, [a0, v_c, v_rest, tau, g, v])
     # the factor's parameter math is a constant of the kernel: one product and one sum
@@ -127,21 +130,21 @@ def test_linear_gradient_factor_is_collected_into_one_multiply_add():
     v / tau + x,                           # linear, but already as cheap
 ])
 def test_collection_leaves_other_expressions_alone(expr):
-    assert _collect_linear(expr, INVARIANT) == expr
+    assert collect_linear(expr, INVARIANT) == expr
 
 
 def test_hard_reset_becomes_a_select_that_keeps_nan():
     reset = h * (1 - s_) + s_ * r
-    new = _spike_select(reset, s_, u, INVARIANT)
+    new = spike_select(reset, s_, u, INVARIANT)
     assert new == sp.Piecewise((r + ZeroTimes(h), sp.Ge(u, 0)), (h, True))
     # equal to the product form for finite values
     for sv in (0, 1):
         _same(new.args[1 - sv].expr.replace(ZeroTimes, lambda q: 0), reset.subs(s_, sv), [h, r])
     src = izhikevich_spec().cpp_source("backward", "float32")
-    assert "((ng_pu >= 0.0F) ? (v_reset + (ng_sv_v*0.0F)) : (ng_sv_v))" in src
+    assert "((ng_pu >= 0.0F) ? (v_reset + (ng_sv_h_v*0.0F)) : (ng_sv_h_v))" in src
     assert "ng_pspike" not in src   # the 0/1 weight is no longer made
 
 
 def test_spike_jump_stays_a_product():
     jump = r * s_ + h   # w + b * spike: one multiply-add, cheaper than a select
-    assert _spike_select(jump, s_, u, INVARIANT) == jump
+    assert spike_select(jump, s_, u, INVARIANT) == jump

@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 import neurogen as ng
-from neurogen import ops
+from neurogen import autograd
+from neurogen.plan import plan_for
 
 from conftest import needs_cxx
 
-pytestmark = [needs_cxx, pytest.mark.skipif(not ops.AVAILABLE, reason="needs torch >= 2.4")]
+pytestmark = [needs_cxx, pytest.mark.skipif(not autograd.AVAILABLE, reason="needs torch >= 2.4")]
 
 
 class ConvSNN(nn.Module):
@@ -70,8 +71,8 @@ def test_compiled_with_inductor_matches_eager():
 def test_custom_op_passes_torch_library_checks():
     node = ng.neuron.LIFNode(step_mode="m", backend="cpu")
     scalars = [(f"p_{k}", v) for k, v in node.param_values().items()]
-    plan = node._plan("cpu", "float32", {}, (), True, (), scalars)
-    key = ops.register(plan)
+    plan = plan_for(node, ng.targets.get("cpu"), "float32", {}, (), True, (), scalars)
+    key = plan.key
     x = torch.rand(3, 5) * 3
     args = (key, x, [torch.zeros(5)], [float(v) for _, v in plan.scalars])
     torch.library.opcheck(torch.ops.neurogen.multistep.default, args,

@@ -4,7 +4,7 @@ import re
 import pytest
 
 import neurogen as ng
-from neurogen.codegen import derivation
+from neurogen.config import derivation
 from neurogen.display import backward_latex, model_latex, model_markdown
 
 IZH = ng.neuron.IzhikevichNode.spec
@@ -94,7 +94,7 @@ def test_names_that_collide_with_the_notation():
     tex = backward_latex(m)
     assert r"\bar{u_{\mathrm{fire}}} &= " in tex
     assert r"u_{\mathrm{fire}} \alpha_{\mathrm{sg}}" in tex
-    assert rows(tex)[-1] == r"\bar{x} &= \bar{s}^{\mathrm{H}} u"
+    assert rows(tex)[-1] == r"\bar{x} &= \bar{s}^{\mathrm{A}} u"  # s has no adaptation
 
 
 def test_jupyter_shows_markdown():

@@ -5,9 +5,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import neurogen as ng
-from neurogen.emulation import shim
+from neurogen.targets.emulated import shim
 from neurogen.neuron import LIBRARY
-from neurogen.runtime import cuda_include_dirs
+from neurogen.targets.cuda import include_dirs as cuda_include_dirs
 
 from conftest import assert_match, needs_cxx, run_and_grad
 from strategies import models

@@ -5,16 +5,17 @@ import pytest
 import torch
 
 import neurogen as ng
-from neurogen import runtime
+from neurogen.errors import warn_once
+from neurogen.targets import cuda, host_compiler
 
 
 @pytest.fixture
 def no_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-neurogen")
-    runtime._find_cxx.cache_clear()
-    runtime.forget_kernels()
+    host_compiler._find_cxx.cache_clear()
+    ng.forget_kernels()
     yield
-    runtime._find_cxx.cache_clear()
+    host_compiler._find_cxx.cache_clear()
 
 
 def test_cpu_backend_without_compiler_raises_with_hint(no_compiler):
@@ -24,7 +25,7 @@ def test_cpu_backend_without_compiler_raises_with_hint(no_compiler):
 
 
 def test_auto_backend_without_compiler_warns_and_falls_back(no_compiler):
-    runtime.warn_once.__defaults__[0].clear()  # forget earlier warnings
+    warn_once.__defaults__[0].clear()  # forget earlier warnings
     node = ng.neuron.LIFNode(step_mode="m")
     x = torch.rand(5, 4) * 3
     with pytest.warns(RuntimeWarning, match="falling back to the torch backend"):
@@ -39,7 +40,7 @@ def test_auto_backend_without_compiler_warns_and_falls_back(no_compiler):
 
 def test_cpp_compile_error_has_numbered_source_and_log():
     with pytest.raises(ng.CompileError) as info:
-        runtime.compile_cpp('extern "C" void f() { this is not C++; }', "f")
+        host_compiler.compile_cpp('extern "C" void f() { this is not C++; }', "f")
     assert "error" in info.value.log.lower()
     assert "    1  extern" in str(info.value)
 
@@ -60,7 +61,7 @@ def test_cupy_missing_is_backend_unavailable(monkeypatch):
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ng.BackendUnavailableError, match="pip install 'neurogen\\[cuda12\\]'"):
-        runtime._cupy()
+        cuda.cupy()
 
 
 def test_every_template_file_is_package_data():

@@ -5,8 +5,8 @@ import functools
 import numpy as np
 import pytest
 
-from neurogen import runtime
-from neurogen.codegen import _env
+from neurogen.targets import host_compiler
+from neurogen.targets.c_source import env as _env
 
 
 def _build(kernel, name, compute):
@@ -15,8 +15,8 @@ def _build(kernel, name, compute):
     prelude = _env.get_template("prelude.j2").render(
         target="cpp", model="test", template="prelude.j2", spec_hash="-", config_hash="-",
         io_t=compute, compute_t=compute, load_io="value", store_io="value")
-    flags = runtime.CPU_FMA_FLAGS if compute == "float" else runtime.CPU_FLAGS
-    return runtime.compile_cpp(prelude + kernel, name, flags)
+    flags = host_compiler.CPU_FMA_FLAGS if compute == "float" else host_compiler.CPU_FLAGS
+    return host_compiler.compile_cpp(prelude + kernel, name, flags)
 
 
 @functools.lru_cache(maxsize=None)

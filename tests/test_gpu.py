@@ -82,7 +82,7 @@ def function_on_gpu(name, z):
     CUDA float tensor."""
     import numpy as np
     import cupy
-    src = ng.codegen.render(LIBRARY["LIFNode"].spec, "cuda", "backward", "float32").splitlines()
+    src = ng.targets.render(LIBRARY["LIFNode"].spec, "cuda", "backward", "float32").splitlines()
     first = next(i for i, ln in enumerate(src) if f"{name}(const float z)" in ln)
     last = first if src[first].rstrip().endswith("}") else src.index("}", first)
     code = ("#define NG_FN static __device__ __forceinline__\n" + "\n".join(src[first:last + 1])

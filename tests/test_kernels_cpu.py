@@ -124,7 +124,7 @@ def test_every_surrogate_cpu_equals_reference(surrogate):
     # 1300 neurons: several 512-neuron chunks of the surrogate pass (float64: Sigmoid, Erf,
     # PiecewiseExp) and a partial one; a per-neuron learnable threshold inside the fire
     # expression the pass evaluates
-    from neurogen.codegen import _separate_surrogate
+    from neurogen.targets.cpu import separate_surrogate as _separate_surrogate
     gen = torch.Generator().manual_seed(11)
     N, T = 1300, 9
     model = izhikevich_spec(False)
@@ -136,7 +136,7 @@ def test_every_surrogate_cpu_equals_reference(surrogate):
     got = run_and_grad(model, "cpu", x, **kw)
     assert ref["spikes"].sum() > 0
     assert_match(got, ref)
-    source = ng.codegen.render(model, "cpp", "backward", "float64", surrogate=surrogate)
+    source = ng.targets.render(model, "cpp", "backward", "float64", surrogate=surrogate)
     assert ("ng_sgbuf" in source) == _separate_surrogate(surrogate.kernel_derivative(), "double")
 
 
@@ -161,12 +161,12 @@ def test_surrogate_pass_only_where_the_derivative_calls_a_library_function():
     model = izhikevich_spec(False)
 
     def has_pass(surrogate, dtype):
-        return "ng_sgbuf" in ng.codegen.render(model, "cpp", "backward", dtype,
+        return "ng_sgbuf" in ng.targets.render(model, "cpp", "backward", dtype,
                                                surrogate=surrogate)
     assert not has_pass(ng.surrogate.Sigmoid(), "float32")
     assert not has_pass(ng.surrogate.Sigmoid(), "bfloat16")
     assert has_pass(ng.surrogate.Sigmoid(), "float64")
     assert has_pass(ng.surrogate.Erf(), "float32") and has_pass(ng.surrogate.PiecewiseExp(), "float32")
     assert not has_pass(ng.surrogate.ATan(), "float32") and not has_pass(ng.surrogate.Rect(), "float64")
-    assert "ng_sgbuf" not in ng.codegen.render(model, "cuda", "backward", "float32",
+    assert "ng_sgbuf" not in ng.targets.render(model, "cuda", "backward", "float32",
                                                surrogate=ng.surrogate.Erf())

@@ -7,7 +7,10 @@ import sys
 import pytest
 import torch
 
-from neurogen import memory, neuron, runtime
+import neurogen as ng
+from neurogen import memory, neuron
+from neurogen.errors import warn_once
+from neurogen.targets import cpu, host_compiler
 
 BIG = (64, 8192)  # 2 MiB in float32: above memory.MIN_BYTES
 
@@ -152,12 +155,12 @@ def test_threading_modes_agree(monkeypatch):
     torch.manual_seed(1)
     x = (torch.rand(16, 3 * 2048 + 77, dtype=torch.float64) * 2).requires_grad_()
     results, launched = {}, []
-    launch = runtime.launch_cpu
-    monkeypatch.setattr(runtime, "launch_cpu",
-                        lambda fn, *a: launched.append(fn.ng_openmp) or launch(fn, *a))
+    launch = cpu.launch_cpu
+    monkeypatch.setattr(cpu, "launch_cpu",
+                        lambda k, *a: launched.append(k.info("openmp")) or launch(k, *a))
     for mode in ("pool", "openmp"):
-        monkeypatch.setattr(runtime, "cpu_threading", lambda mode=mode: mode)
-        runtime.forget_kernels()  # plans cached by the first mode must not be reused
+        monkeypatch.setattr(host_compiler, "cpu_threading", lambda mode=mode: mode)
+        ng.forget_kernels()  # plans cached by the first mode must not be reused
         launched.clear()
         node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
         x.grad = None
@@ -165,61 +168,63 @@ def test_threading_modes_agree(monkeypatch):
         out.backward(torch.rand_like(out, generator=torch.Generator().manual_seed(2)))
         results[mode] = (out.detach(), x.grad.clone(), node.v.clone())
         assert launched == [mode == "openmp"] * 2  # forward and backward, built for the mode
-    runtime.forget_kernels()
+    ng.forget_kernels()
     for a, b in zip(results["pool"], results["openmp"]):
         assert torch.equal(a, b)
 
 
 def test_threading_override(monkeypatch):
-    runtime.cpu_threading.cache_clear()
+    host_compiler.cpu_threading.cache_clear()
     monkeypatch.setenv("NEUROGEN_CPU_THREADING", "sideways")
     with pytest.raises(ValueError, match="NEUROGEN_CPU_THREADING"):
-        runtime.cpu_threading()
+        host_compiler.cpu_threading()
     monkeypatch.setenv("NEUROGEN_CPU_THREADING", "pool")
-    assert runtime.cpu_threading() == "pool"
-    runtime.cpu_threading.cache_clear()
+    assert host_compiler.cpu_threading() == "pool"
+    host_compiler.cpu_threading.cache_clear()
     monkeypatch.delenv("NEUROGEN_CPU_THREADING")
-    assert runtime.cpu_threading() in ("openmp", "pool")
-    runtime.cpu_threading.cache_clear()
+    assert host_compiler.cpu_threading() in ("openmp", "pool")
+    host_compiler.cpu_threading.cache_clear()
 
 
 def test_compiler_without_openmp_falls_back_to_the_pool_with_a_warning(monkeypatch):
     import neurogen as ng
-    monkeypatch.setattr(runtime, "cpu_threading", lambda: "openmp")
-    monkeypatch.setattr(runtime, "CPU_OPENMP_FLAGS",
-                        runtime.CPU_FLAGS + ("-fno-such-openmp-flag-neurogen",))
-    monkeypatch.setattr(runtime, "_openmp_failed", [])
-    runtime.warn_once.__defaults__[0].clear()
-    runtime.forget_kernels()
+    monkeypatch.setattr(host_compiler, "cpu_threading", lambda: "openmp")
+    monkeypatch.setattr(host_compiler, "CPU_OPENMP_FLAGS",
+                        host_compiler.CPU_FLAGS + ("-fno-such-openmp-flag-neurogen",))
+    monkeypatch.setattr(host_compiler, "_openmp_failed", [])
+    warn_once.__defaults__[0].clear()
+    ng.forget_kernels()
     x = torch.rand(16, 3 * 2048 + 5, dtype=torch.float64) * 2
     with pytest.warns(RuntimeWarning, match="cannot build the CPU kernels with -fopenmp"):
         out = ng.neuron.LIFNode(step_mode="m", backend="cpu")(x)
     ref = ng.neuron.LIFNode(step_mode="m", backend="torch")(x)
     assert torch.equal(out, ref)
-    runtime.forget_kernels()  # later tests get OpenMP-built kernels again
+    ng.forget_kernels()  # later tests get OpenMP-built kernels again
 
 
 def test_a_broken_source_still_raises_compile_error(monkeypatch):
     import neurogen as ng
-    monkeypatch.setattr(runtime, "cpu_threading", lambda: "openmp")
-    monkeypatch.setattr(runtime, "_openmp_failed", [])
+    monkeypatch.setattr(host_compiler, "cpu_threading", lambda: "openmp")
+    monkeypatch.setattr(host_compiler, "_openmp_failed", [])
     with pytest.raises(ng.CompileError):
-        runtime.compile_kernel('extern "C" void f() { not C++ }', "f")
-    assert not runtime._openmp_failed  # a bad source does not turn OpenMP off
+        host_compiler.compile_kernel('extern "C" void f() { not C++ }', "f")
+    assert not host_compiler._openmp_failed  # a bad source does not turn OpenMP off
 
 
 def test_cpu_blocks_split_evenly_within_the_largest_block():
     for n, max_block, workers in [(65536, 8192, 2), (20000, 8192, 2), (17, 8192, 2),
                                   (1, 8192, 1), (100_000, 256, 3), (8193, 8192, 1)]:
-        size, blocks = runtime.cpu_blocks(n, max_block, workers)
+        size, blocks = cpu.cpu_blocks(n, max_block, workers)
         assert size <= max_block and size % 16 == 0
         assert (blocks - 1) * size < n <= blocks * size
-    assert runtime.cpu_blocks(20000, 8192, 2) == (5008, 4)   # 2 blocks per thread, not 2 + 1
-    assert runtime.cpu_blocks(65536, 8192, 2) == (8192, 8)
+    assert cpu.cpu_blocks(20000, 8192, 2) == (5008, 4)   # 2 blocks per thread, not 2 + 1
+    assert cpu.cpu_blocks(65536, 8192, 2) == (8192, 8)
 
 
 def test_cpu_block_arrays_stay_within_the_array_budget():
-    from neurogen.codegen import CPU_ARRAY_BUDGET, CPU_BLOCK, cpu_max_block
+    from neurogen.targets.cpu import ARRAY_BUDGET as CPU_ARRAY_BUDGET
+    from neurogen.targets.cpu import BLOCK as CPU_BLOCK
+    from neurogen.targets.cpu import max_block as cpu_max_block
     assert cpu_max_block(3, "float") == CPU_BLOCK
     for n_arrays in (1, 8, 9, 40, 200):
         for compute, size in (("float", 4), ("double", 8)):
@@ -232,9 +237,9 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch):
     x = (torch.rand(12, 5000, generator=torch.Generator().manual_seed(3)) * 2).requires_grad_()
     g = torch.rand(12, 5000, generator=torch.Generator().manual_seed(4))
     out = {}
-    for name, blocks in (("default", runtime.cpu_blocks),
+    for name, blocks in (("default", cpu.cpu_blocks),
                          ("small", lambda n, max_block, workers: (16, -(-n // 16)))):
-        monkeypatch.setattr(runtime, "cpu_blocks", blocks)
+        monkeypatch.setattr(cpu, "cpu_blocks", blocks)
         node = neuron.IzhikevichNode(step_mode="m", backend="cpu")
         x.grad = None
         spikes = node(x)
@@ -306,10 +311,10 @@ def test_kernels_run_on_a_thread_with_a_small_stack():
 
 
 def test_scratch_is_per_thread_and_reused():
-    a = runtime._scratch(1 << 20)
-    assert a % 64 == 0 and runtime._scratch(1000) == a   # smaller requests reuse it
+    a = cpu.scratch(1 << 20)
+    assert a % 64 == 0 and cpu.scratch(1000) == a   # smaller requests reuse it
     other = {}
-    t = threading.Thread(target=lambda: other.setdefault("a", runtime._scratch(1 << 20)))
+    t = threading.Thread(target=lambda: other.setdefault("a", cpu.scratch(1 << 20)))
     t.start()
     t.join()
     assert other["a"] != a

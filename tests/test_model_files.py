@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 
 import neurogen as ng
-from neurogen import codegen, neuron
+from neurogen import config, neuron
 from neurogen.errors import SpecError
 from neurogen.spec.parse import parse_expr
 from neurogen.spec.serialize import expr_text
@@ -30,7 +30,7 @@ ROUND_TRIPS = {
 
 def sources(model):
     """Every kernel text of ``model``, derived afresh (the derivation cache is keyed by spec)."""
-    codegen.derivation.cache_clear()
+    config.derivation.cache_clear()
     learn = tuple(model.param_names)
     out = {}
     for kind in ("forward", "backward"):
@@ -56,7 +56,7 @@ def test_library_round_trips_keep_kernels_byte_for_byte(name):
     for how, trip in ROUND_TRIPS.items():
         loaded = trip(model)
         assert loaded.spec_hash == model.spec_hash, how
-        codegen.derivation.cache_clear()
+        config.derivation.cache_clear()
         assert sources(loaded) == want, how
 
 

@@ -7,11 +7,11 @@ from hypothesis import strategies as st
 from strategies import structures
 
 import neurogen as ng
-from neurogen.codegen import DTYPES
+from neurogen.lower import DTYPES
 from neurogen.neuron import LIBRARY, adaptive_spec
 
 pytest.importorskip("cupy")
-from neurogen.runtime import compile_ptx  # noqa: E402
+from neurogen.targets.cuda import compile_ptx  # noqa: E402
 
 CONFIGS = [
     dict(),

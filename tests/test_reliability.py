@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import neurogen as ng
-from neurogen import runtime
+from neurogen.targets import host_compiler
 from neurogen.neuron import LIBRARY
 
 from conftest import assert_match, needs_cxx, run_and_grad
@@ -195,14 +195,14 @@ def test_many_calls_do_not_grow_memory():
     for _ in range(200):  # warm-up: kernels compiled, allocator pools filled
         step()
     gc.collect()
-    kernels = (len(runtime._loaded), len(runtime._functions))
+    kernels = (len(host_compiler._loaded), len(host_compiler._functions))
     before = _rss_bytes()
     for _ in range(1000):
         step()
     gc.collect()
     grown = _rss_bytes() - before
     assert grown < 4 << 20, f"resident memory grew by {grown / 2**20:.1f} MiB over 1000 calls"
-    assert (len(runtime._loaded), len(runtime._functions)) == kernels
+    assert (len(host_compiler._loaded), len(host_compiler._functions)) == kernels
     assert tau.grad is not None and torch.isfinite(tau.grad)
 
 

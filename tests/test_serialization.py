@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import neurogen as ng
-from neurogen import runtime
+from neurogen.cache import cache_dir
 
 from conftest import needs_cxx
 
@@ -114,7 +114,7 @@ def test_unpickled_in_a_new_process_loads_kernels_from_disk(tmp_path, adex):
         pickle.dump(node, f)
     torch.save(x_seq(), tmp_path / "x.pt")
     want = node(x_seq())                     # compiles (or loads) the kernels in this process
-    folder = runtime.cache_dir() / "cpu"
+    folder = cache_dir() / "cpu"
     # artefacts only: '.build-*' folders are other processes' builds in progress
     artefacts = lambda: sorted(f for f in os.listdir(folder) if not f.startswith(".build-"))  # noqa: E731
     before = artefacts()

@@ -16,7 +16,7 @@ from conftest import assert_match, needs_cxx, run_and_grad
 from strategies import MEMBERSHIPS, SURROGATES, structures, subject_cases
 
 import neurogen as ng
-from neurogen.codegen import derivation
+from neurogen.config import derivation
 
 pytestmark = needs_cxx
 N = 13  # not a multiple of any vector width: every kernel runs a tail
@@ -125,7 +125,6 @@ def test_reset_only_state_gradients_on_every_backend(read_in, detach):
 # ---- the generator itself: what the runs above are guaranteed to cover ---------------------
 def _facts(case):
     """The structural facts of one generated case."""
-    from neurogen.derive import state_kind
     model, surrogate, detach, kinds = case
     step, bw = derivation(model, type(surrogate)(), detach,
                           tuple(k for k, v in kinds.items() if v.startswith("learnable")))
@@ -134,10 +133,12 @@ def _facts(case):
     for s in model.state_names:
         facts.add("member " + "+".join(g for g in ("charge", "adaptation", "reset")
                                        if s in getattr(model, g)))
-        kind = state_kind(step, s)
-        where = ("saved" if s in bw.saved else "recomputed" if s in bw.needs_prev
-                 else "from init" if s in bw.constant else "unread")
-        facts.add(f"{kind} {where}")
+        kind = ("computed" if s in model.charge or s in model.adaptation
+                else "reset-only" if s in model.reset else "constant")
+        outcomes = {"saved": any(step.state_of(y) == s for y in bw.saved),
+                    "rebuilt": s in bw.prev, "from init": s in bw.constant,
+                    "recomputed": any(step.state_of(y) == s for y in bw.recompute)}
+        facts |= {f"{kind} {o}" for o, yes in outcomes.items() if yes}
     for e in model.reset.values():
         facts |= {f"reset with {k}" for k in ("spike", "spike_d") if e.has(sp.Symbol(k))}
         spk = sp.Symbol("spike")
@@ -174,8 +175,8 @@ def test_generator_covers_every_structure():
     want = {f"surrogate {c.__name__}" for c in SURROGATES} | {"detach True", "detach False"}
     want |= {f"param {k}" for k in ("float", "neuron", "learnable", "learnable_neuron")}
     want |= {"member " + "+".join(g) for g in MEMBERSHIPS}
-    want |= {"computed saved", "computed recomputed", "reset-only saved",
-             "reset-only recomputed", "constant from init", "reset with spike",
+    want |= {"computed saved", "computed rebuilt", "computed recomputed", "reset-only saved",
+             "reset-only rebuilt", "constant from init", "reset with spike",
              "reset with spike_d", "reset linear in spike", "reset nonlinear in spike"}
     assert want <= seen, sorted(want - seen)
 

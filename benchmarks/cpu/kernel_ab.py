@@ -14,14 +14,14 @@ kernels' arguments. Example,
 a variant without the Sigmoid surrogate's separate pass::
 
     # no_pass.py
-    from neurogen import codegen
-    codegen._separate_surrogate = lambda expr: False
+    from neurogen.targets import cpu
+    cpu.separate_surrogate = lambda expr, compute: False
     def transform(source, kind, dtype):
         return source
 
 Usage: ``python benchmarks/cpu/kernel_ab.py [--model IzhikevichNode] [--surrogate
 Sigmoid] [--T 64] [--N 65536] [--rounds 12] [variant.py ...]``. The emitted kernels are
-always the first row ("as emitted"). Variants that change codegen settings (like the
+always the first row ("as emitted"). Variants that change generator settings (like the
 example) apply from their import on, so list them after the plain ones.
 """
 import argparse
@@ -31,10 +31,13 @@ import time
 
 import torch
 
-from neurogen import function, neuron, runtime
+import neurogen as ng
+from neurogen import neuron, plan
 from neurogen import surrogate as sg
+from neurogen.targets import cpu
 
-ORIG_SOURCE = function.kernel_source
+TARGET = ng.targets.get("cpu")
+ORIG_RENDER = type(TARGET).render
 
 
 def load_variant(path):
@@ -45,25 +48,24 @@ def load_variant(path):
 
 
 def use(transform):
-    """Make the library compile ``transform`` of each kernel (None: as emitted)."""
-    def source(model, target, kind, dtype, cfg):
-        name, text = ORIG_SOURCE(model, target, kind, dtype, cfg)
-        return name, (transform(text, kind, dtype) if transform and target == "cpp" else text)
-    ORIG_SOURCE.cache_clear()  # a variant may have changed codegen settings
-    function.kernel_source = source
-    runtime.forget_kernels()
+    """Make the cpu target compile ``transform`` of each kernel (None: as emitted)."""
+    def render(ir):
+        text = ORIG_RENDER(TARGET, ir)
+        return transform(text, ir.kind, ir.dtype) if transform else text
+    TARGET.render = render
+    ng.forget_kernels()  # a variant may have changed generator settings
 
 
 def record_step(model_name, surrogate, x, g):
     """Run one training step; return its kernel calls, ``(kind, launch_cpu arguments)``,
     and what keeps their buffers alive."""
     calls, keep = [], []
-    orig_plan_launch, orig_launch_cpu = function.Plan.launch, runtime.launch_cpu
+    orig_plan_launch, orig_launch_cpu = plan.Plan.launch, cpu.launch_cpu
 
-    def plan_launch(self, kind, cfg, values, n, device):
+    def plan_launch(self, kind, cfg, values, n, T, device):
         keep.append(dict(values))  # the tensors behind the recorded pointers
         calls.append([kind, None])
-        return orig_plan_launch(self, kind, cfg, values, n, device)
+        return orig_plan_launch(self, kind, cfg, values, n, T, device)
 
     def launch_cpu(*args, **kwargs):
         calls[-1][1] = (args, kwargs)
@@ -73,13 +75,13 @@ def record_step(model_name, surrogate, x, g):
                                        surrogate_function=surrogate)
     xin = x.clone().requires_grad_()
     node(xin).backward(g)  # compile
-    function.Plan.launch, runtime.launch_cpu = plan_launch, launch_cpu
+    plan.Plan.launch, cpu.launch_cpu = plan_launch, launch_cpu
     try:
         node.reset()
         xin.grad = None
         node(xin).backward(g)
     finally:
-        function.Plan.launch, runtime.launch_cpu = orig_plan_launch, orig_launch_cpu
+        plan.Plan.launch, cpu.launch_cpu = orig_plan_launch, orig_launch_cpu
     return calls, (keep, node, xin)
 
 
@@ -114,9 +116,9 @@ def main(argv=None):
             best = [float("inf")] * len(base_calls)
             for _ in range(3):
                 for i, (kind, (cargs, ckwargs)) in enumerate(base_calls):
-                    fn = steps[name][0][i][1][0][0]
+                    kernel = steps[name][0][i][1][0][0]
                     t0 = time.perf_counter()
-                    runtime.launch_cpu(fn, *cargs[1:], **ckwargs)
+                    cpu.launch_cpu(kernel, *cargs[1:], **ckwargs)
                     best[i] = min(best[i], time.perf_counter() - t0)
             for i, b in enumerate(best):
                 times[(name, i)].append(b * 1e3)

@@ -12,11 +12,14 @@ import sys
 
 import torch
 
-from neurogen import function, neuron, runtime
+import neurogen as ng
+from neurogen import neuron
 from neurogen.bench import copy_bandwidth, timer, workload_bytes
+from neurogen.config import make_config
+from neurogen.targets import cuda
 
-ORIG_SOURCE = function.kernel_source
-ORIG_CONFIG = runtime.launch_config
+TARGET = ng.targets.get("cuda")
+ORIG_CONFIG = cuda.launch_config
 
 
 FAST = "__fdividef(1.0F, 1.0F + __expf(-z))"
@@ -24,27 +27,25 @@ PRECISE = "1.0F / (1.0F + expf(-z))"
 
 
 def use_variant(unroll, block, precise=False):
-    def source(model, target, kind, dtype, cfg):
-        name, text = ORIG_SOURCE(model, target, kind, dtype, cfg)
-        if target == "cuda" and precise:
-            assert FAST in text or dtype == "float64"
+    def render(ir):
+        text = cuda.render_cuda(ir)
+        if precise:
+            assert FAST in text or ir.dtype == "float64"
             text = text.replace(FAST, PRECISE)
-        if target == "cuda" and unroll:
+        if unroll:
             text = text.replace("    for (int ng_t", f"    #pragma unroll {unroll}\n    for (int ng_t")
-        return name, text
-    function.kernel_source = source
-    runtime.launch_config = lambda n, b=block: ORIG_CONFIG(n, b)
-    runtime.forget_kernels()
+        return text
+    TARGET.render = render
+    cuda.launch_config = lambda n, b=block: ORIG_CONFIG(n, b)
+    ng.forget_kernels()
 
 
 def registers(model_cls, dtype):
     spec = model_cls.spec
-    from neurogen.codegen import make_config
     cfg = make_config(spec)
     out = []
     for kind in ("forward", "backward"):
-        name, text = function.kernel_source(spec, "cuda", kind, dtype, cfg)
-        fn = runtime.cuda_function(text, name, 0)
+        fn = TARGET.kernel(spec, kind, dtype, cfg, 0).fn
         out.append(f"{kind} regs={fn.num_regs} local={fn.local_size_bytes}B")
     return ", ".join(out)
 

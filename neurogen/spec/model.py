@@ -252,6 +252,9 @@ class NeuronModel:
         for group in ("charge", "adaptation", "reset"):
             lines += [f"{group} {n}={sp.srepr(e)}" for n, e in getattr(self, group).items()]
         lines.append(f"fire={sp.srepr(self.fire)}")
+        custom = self.__dict__.get("_stages")
+        if custom is not None:  # the default list adds nothing: existing hashes stay
+            lines.append("stages=" + ";".join(st.canonical() for st in custom))
         return "\n".join(lines)
 
     @property
@@ -264,7 +267,50 @@ class NeuronModel:
                       charge=dict(self.charge), adaptation=dict(self.adaptation),
                       fire=self.fire, reset=dict(self.reset), input=self.input_name, doc=self.doc)
         kwargs.update(changes)
-        return NeuronModel(**kwargs)
+        out = NeuronModel(**kwargs)
+        custom = self.__dict__.get("_stages")
+        return out if custom is None else out.with_stages(custom)
+
+    @property
+    def stages(self):
+        """The stages of one step, in order (:mod:`neurogen.stages`): charge, adaptation,
+        fire and reset, reading this model's groups, unless :meth:`with_stages` set others."""
+        custom = self.__dict__.get("_stages")
+        if custom is not None:
+            return custom
+        from ..stages import DEFAULT
+        return DEFAULT
+
+    def with_stages(self, stages) -> "NeuronModel":
+        """A copy whose step runs ``stages`` (:class:`neurogen.stages.Stage` objects) instead
+        of the default list, e.g. with a stage of one's own inserted::
+
+            from neurogen import stages
+            leak = stages.StateStage("leak", "l", "L", equations={"v": "0.9 * v"})
+            m2 = model.with_stages(stages.DEFAULT[:2] + (leak,) + stages.DEFAULT[2:])
+        """
+        from ..stages import DEFAULT, Stage, Step
+        stages = tuple(stages)
+        if not all(isinstance(st, Stage) for st in stages):
+            raise SpecError("with_stages takes neurogen.stages.Stage objects")
+        out = NeuronModel(name=self.name, states=dict(self.initial), params=dict(self.defaults),
+                          charge=dict(self.charge), adaptation=dict(self.adaptation),
+                          fire=self.fire, reset=dict(self.reset), input=self.input_name,
+                          doc=self.doc)
+        if stages != DEFAULT:
+            out.__dict__["_stages"] = stages
+        out._check_stage_symbols()
+        Step(out)  # every stage's equations exist and read what they may
+        return out
+
+    def _check_stage_symbols(self):
+        known = set(self.state_names) | set(self.param_names)
+        for stage in self.stages:
+            if getattr(stage, "group", True) is None:  # a stage with equations of its own
+                for n, expr in stage.equations(self).items():
+                    extra = {"spike", "spike_d"} if stage.reads_spike else set()
+                    self._check_expr(expr, known | extra, f"{stage.name} equation of {n!r}",
+                                     stage.name)
 
     def __eq__(self, other):
         return isinstance(other, NeuronModel) and self.canonical() == other.canonical()
@@ -342,10 +388,10 @@ class NeuronModel:
 
     def cuda_source(self, kind: str = "forward", dtype: str = "float32", **config) -> str:
         """The CUDA source of the ``forward`` or ``backward`` kernel, exactly as compiled."""
-        from ..codegen import render
+        from ..targets import render
         return render(self, "cuda", kind, dtype, **config)
 
     def cpp_source(self, kind: str = "forward", dtype: str = "float32", **config) -> str:
         """The C++ source of the ``forward`` or ``backward`` CPU kernel, exactly as compiled."""
-        from ..codegen import render
-        return render(self, "cpp", kind, dtype, **config)
+        from ..targets import render
+        return render(self, "cpu", kind, dtype, **config)

@@ -93,6 +93,9 @@ def expr_text(expr, where="expression") -> str:
 # ---- dict ----------------------------------------------------------------------------
 def to_dict(model) -> dict:
     """A plain dict of strings and floats describing ``model`` (see :func:`from_dict`)."""
+    if model.__dict__.get("_stages") is not None:
+        raise SpecError(f"model {model.name!r} has a stage list of its own (with_stages); "
+                        "model files hold the standard stages only")
     d = {"format": FORMAT, "version": VERSION, "name": model.name, "doc": model.doc,
          "input": model.input_name,
          "states": {n: expr_text(model.initial[n], f"initial value of state {n!r}")

@@ -1,0 +1,101 @@
+"""The argument list of a kernel, built once from the model, the kernel kind and the
+configuration: the only place where argument names are spelled.
+
+Each :class:`Arg` has a ``group`` (what it is: the input, an initial state, a
+parameter...) and a ``key`` (which state, parameter or saved value). Lowering names
+arrays through :func:`name`, launchers bind tensors by ``(group, key)``, and every
+target prints the same list, so the CUDA launch, the C++ call and the emulated call
+cannot disagree.
+"""
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Tuple
+
+# group: (role, dtype) -- role in/out: a pointer; scalar: a compute value by value;
+# int32/int64: an index. dtype io: the tensors' type; compute: float/double.
+GROUPS = {
+    "x": ("in", "io"), "init": ("in", "io"), "param": ("in", "compute"),
+    "param_value": ("scalar", "compute"), "surrogate": ("scalar", "compute"),
+    "spike": ("out", "io"), "v_seq": ("out", "io"), "final": ("out", "io"),
+    "saved_out": ("out", "io"), "grad_spike": ("in", "io"), "grad_v_seq": ("in", "io"),
+    "grad_final": ("in", "io"), "saved": ("in", "io"), "grad_x": ("out", "io"),
+    "grad_init": ("out", "io"), "grad_param": ("out", "compute"),
+    "T": ("int32", "index"), "N": ("int64", "index"),
+}
+_PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
+           "surrogate": "", "spike": "spike_seq", "v_seq": "v_seq", "final": "final_",
+           "saved_out": "saved_", "saved": "saved_", "grad_spike": "grad_spike_seq",
+           "grad_v_seq": "grad_v_seq", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
+           "grad_init": "grad_init_", "grad_param": "grad_p_", "T": "ng_T", "N": "ng_N"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument. ``role``: in/out (pointer), scalar, int32, int64; ``dtype``:
+    io (the tensors' dtype), compute (float/double) or index."""
+    name: str
+    role: str
+    dtype: str
+    group: str
+    key: str = ""
+
+
+def name(group: str, key: str = "") -> str:
+    """The argument name of ``(group, key)``: ``("init", "v")`` is ``init_v``."""
+    prefix = _PREFIX[group]
+    return prefix + key if prefix.endswith("_") or not prefix else prefix
+
+
+def saved_key(symbol) -> str:
+    """The key of a saved value: its symbol without neurogen's prefix (``ng_h_v`` ->
+    ``h_v``; a state's value before the step keeps the state's name)."""
+    text = str(symbol)
+    return text[3:] if text.startswith("ng_") else text
+
+
+def arg(group: str, key: str = "") -> Arg:
+    role, dtype = GROUPS[group]
+    return Arg(name(group, key), role, dtype, group, key)
+
+
+def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
+    """The ordered arguments of the ``forward`` or ``backward`` kernel of ``model`` with
+    configuration ``cfg`` and derived backward ``bw``."""
+    states = model.state_names
+    saved = [saved_key(y) for y in bw.saved]
+    params = [arg("param_value" if cfg.kind_of(k) == "scalar" else "param", k)
+              for k in model.param_names]
+    if kind == "forward":
+        out = [arg("x")] + [arg("init", s) for s in states] + params + [arg("spike")]
+        out += [arg("v_seq")] if cfg.store_v_seq else []
+        out += [arg("final", s) for s in states]
+        out += [arg("saved_out", k) for k in saved] if cfg.save else []
+    elif kind == "backward":
+        params += [arg("surrogate", k) for k in cfg.surrogate.kernel_values()]
+        out = [arg("grad_spike")] + ([arg("grad_v_seq")] if cfg.grad_v_seq else [])
+        out += [arg("grad_final", s) for s in states] + [arg("saved", k) for k in saved]
+        out += [arg("x")] if bw.needs_x else []
+        out += [arg("init", s) for s in bw.needs_init]
+        out += params + [arg("grad_x")] + [arg("grad_init", s) for s in states]
+        out += [arg("grad_param", k) for k in cfg.learnable]
+    else:
+        raise ValueError(f"kernel kind must be 'forward' or 'backward', not {kind!r}")
+    return tuple(out + [arg("T"), arg("N")])
+
+
+def find(args: Iterable[Arg], group: str, key: str = "") -> Arg:
+    for a in args:
+        if a.group == group and a.key == key:
+            return a
+    raise KeyError((group, key))
+
+
+def by_name(args: Iterable[Arg]) -> Dict[str, Arg]:
+    return {a.name: a for a in args}
+
+
+def keys(args: Iterable[Arg], group: str) -> List[str]:
+    return [a.key for a in args if a.group == group]
+
+
+__all__ = ["Arg", "GROUPS", "arg", "name", "saved_key", "kernel_args", "find", "by_name",
+           "keys"]

@@ -1,0 +1,232 @@
+"""The autograd wiring of a multi-step call on kernels, one for eager mode and for
+``torch.compile``.
+
+:func:`run_forward` and :func:`run_backward` bind tensors to the kernels' arguments
+(:mod:`neurogen.abi`) and launch them. Eager calls go through :class:`MultiStep` (an
+``autograd.Function``); inside a ``torch.compile`` graph the same two functions run as
+the custom ops ``neurogen::multistep`` and ``neurogen::multistep_backward`` (fake
+implementations and registered autograd; torch >= 2.4), so a compiled graph holds a
+neuron layer as one opaque node. Both paths hand the incoming gradients to
+:func:`run_backward` unchanged, ``None`` for an output the loss did not use (read as
+zeros), and map its results back the same way (:func:`_grad_of_inputs`).
+"""
+import dataclasses
+from typing import List, Optional
+
+import torch
+
+from . import abi, memory
+from .plan import PLANS, Plan, plan_for
+
+AVAILABLE = hasattr(torch.library, "custom_op")  # torch >= 2.4
+
+
+def run_forward(plan: Plan, x_seq, tensors):
+    """Run the forward kernel. ``tensors``: initial states [N] then parameter tensors.
+
+    Returns ``(outputs, saved)``: ``[spike_seq, v_seq (or empty), *final states]`` and the
+    per-step values the backward reads (empty when ``plan.cfg.save`` is off)."""
+    model, cfg = plan.model, plan.cfg
+    states = model.state_names
+    inits = tensors[:len(states)]
+    T, N = x_seq.shape
+    saved_keys = [abi.saved_key(y) for y in plan.backward_info().saved]
+    values = {abi.name("x"): x_seq, abi.name("T"): T, abi.name("N"): N}
+    values.update({abi.name("init", s): t for s, t in zip(states, inits)})
+    values.update({abi.name("param", k): t
+                   for k, t in zip(plan.tensor_params, tensors[len(states):])})
+    spike_seq = memory.empty_like(x_seq)
+    v_seq = memory.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
+    finals = [torch.empty_like(t) for t in inits]
+    saved = [memory.empty_like(x_seq) for _ in saved_keys] if cfg.save else []
+    values[abi.name("spike")], values[abi.name("v_seq")] = spike_seq, v_seq
+    values.update({abi.name("final", s): f for s, f in zip(states, finals)})
+    values.update({abi.name("saved_out", k): t for k, t in zip(saved_keys, saved)})
+    plan.launch("forward", cfg, values, N, T, x_seq.device)
+    return [spike_seq, v_seq, *finals], saved
+
+
+def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
+    """Run the backward kernel; ``None`` gradients count as zeros.
+
+    Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or
+    None])``."""
+    model, bw = plan.model, plan.backward_info()
+    states = model.state_names
+    inits = dict(zip(states, tensors[:len(states)]))
+    params = dict(zip(plan.tensor_params, tensors[len(states):]))
+    T, N = x_seq.shape
+    io = dict(dtype=x_seq.dtype, device=x_seq.device)
+    use_vseq = plan.cfg.store_v_seq and g_vseq is not None
+    cfg = plan.backward_cfg(use_vseq)
+    zeros_n = memory.constant((N,), 0.0, io["dtype"], io["device"])
+    values = {abi.name("T"): T, abi.name("N"): N,
+              abi.name("grad_spike"): (g_spike.contiguous() if g_spike is not None
+                                       else torch.zeros(T, N, **io))}
+    if use_vseq:
+        values[abi.name("grad_v_seq")] = g_vseq.contiguous()
+    values.update({abi.name("grad_final", s): (g.contiguous() if g is not None else zeros_n)
+                   for s, g in zip(states, g_finals)})
+    values.update({abi.name("saved", abi.saved_key(y)): t for y, t in zip(bw.saved, saved)})
+    values[abi.name("x")] = x_seq
+    values.update({abi.name("init", s): inits[s] for s in bw.needs_init})
+    values.update({abi.name("param", k): t for k, t in params.items()})
+    grad_x = memory.empty((T, N), **io)
+    grad_init = {s: torch.empty(N, **io) for s in states}
+    compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
+    grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"]) for k in cfg.learnable}
+    values[abi.name("grad_x")] = grad_x
+    values.update({abi.name("grad_init", s): g for s, g in grad_init.items()})
+    values.update({abi.name("grad_param", k): g for k, g in grad_p.items()})
+    plan.launch("backward", cfg, values, N, T, io["device"])
+    param_grads = []
+    for k in plan.tensor_params:
+        if k not in grad_p:
+            param_grads.append(None)
+        elif plan.cfg.kind_of(k) == "shared":
+            param_grads.append(grad_p[k].sum().reshape(params[k].shape))
+        else:
+            param_grads.append(grad_p[k])
+    return grad_x, [grad_init[s] for s in states], param_grads
+
+
+def _grad_of_inputs(grad_x, grad_inits, param_grads):
+    """The gradients of ``(x_seq, *initial states, *parameter tensors)``; None for a
+    parameter that is not learnable."""
+    return (grad_x, *grad_inits, *param_grads)
+
+
+class MultiStep(torch.autograd.Function):
+    """``forward(plan, x_seq [T, N], *inits [N], *param tensors)`` (eager mode)."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, x_seq, *tensors):
+        # outputs the loss does not use (final states, v_seq) get None, not zero tensors
+        # autograd would fill per call; run_backward reads None as zeros
+        ctx.set_materialize_grads(False)
+        outputs, saved = run_forward(plan, x_seq, tensors)
+        if plan.cfg.save:
+            ctx.save_for_backward(x_seq, *tensors, *saved)
+            ctx.plan, ctx.n_tensors = plan, len(tensors)
+        if not plan.cfg.store_v_seq:
+            ctx.mark_non_differentiable(outputs[1])
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, g_spike, g_vseq, *g_finals):
+        x_seq, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        return (None, *_grad_of_inputs(*run_backward(ctx.plan, x_seq, tensors, saved,
+                                                     g_spike, g_vseq, g_finals)))
+
+
+def multi_step(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars,
+               x2d, tensors):
+    """The outputs of one call: eagerly through :class:`MultiStep`, or, inside a
+    ``torch.compile`` graph, as the custom op (its plan made outside the graph)."""
+    if compiling():
+        key, values = _compiled_plan(module, target.name, dtype, tuple(kinds.items()),
+                                     tuple(learnable), needs_grad, tuple(tensor_params),
+                                     tuple(scalars))
+        return torch.ops.neurogen.multistep(key, x2d, list(tensors), list(values))
+    plan = plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
+                    scalars)
+    return MultiStep.apply(plan, x2d, *tensors)
+
+
+# ---- torch.compile ------------------------------------------------------------------------
+def compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling")
+                and compiler.is_compiling())
+
+
+def constant_result(fn):
+    """What ``torch._dynamo.assume_constant_result`` does; set directly so that importing
+    neurogen does not import dynamo (over a second)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_result
+def _compiled_plan(module, target_name, dtype, kinds, learnable, needs_grad, tensor_params,
+                   scalars):
+    """(key of the plan, scalar argument values); run once while tracing."""
+    from . import targets
+    if not AVAILABLE:
+        raise RuntimeError("torch.compile of neurogen neurons needs torch >= 2.4 (custom ops)")
+    plan = plan_for(module, targets.get(target_name), dtype, dict(kinds), learnable,
+                    needs_grad, tensor_params, scalars)
+    return plan.key, tuple(float(v) for _, v in plan.scalars)
+
+
+def _plan(key, scalars):
+    plan = PLANS.by_key(key)
+    return dataclasses.replace(plan, scalars=tuple(zip([n for n, _ in plan.scalars], scalars)))
+
+
+if AVAILABLE:
+    @torch.library.custom_op("neurogen::multistep", mutates_args=())
+    def _multistep(key: str, x_seq: torch.Tensor, tensors: List[torch.Tensor],
+                   scalars: List[float]) -> List[torch.Tensor]:
+        outputs, saved = run_forward(_plan(key, scalars), x_seq, tensors)
+        if not PLANS.by_key(key).cfg.store_v_seq:
+            outputs[1] = x_seq.new_empty(0)
+        return outputs + saved
+
+    @_multistep.register_fake
+    def _(key, x_seq, tensors, scalars):
+        plan = PLANS.by_key(key)
+        n_states = len(plan.model.state_names)
+        out = [torch.empty_like(x_seq),
+               torch.empty_like(x_seq) if plan.cfg.store_v_seq else x_seq.new_empty(0)]
+        out += [torch.empty_like(t) for t in tensors[:n_states]]
+        if plan.cfg.save:
+            out += [torch.empty_like(x_seq) for _ in plan.backward_info().saved]
+        return out
+
+    @torch.library.custom_op("neurogen::multistep_backward", mutates_args=())
+    def _multistep_backward(key: str, scalars: List[float], x_seq: torch.Tensor,
+                            tensors: List[torch.Tensor], saved: List[torch.Tensor],
+                            grads: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+        plan = _plan(key, scalars)
+        n_states = len(plan.model.state_names)
+        grad_x, grad_inits, param_grads = run_backward(plan, x_seq, tensors, saved, grads[0],
+                                                       grads[1], grads[2:2 + n_states])
+        # a custom op returns tensors only: zeros for parameters that are not learnable
+        # (_backward turns them back into None)
+        params = tensors[n_states:]
+        return [grad_x, *grad_inits] + [torch.zeros_like(p) if g is None else g
+                                        for g, p in zip(param_grads, params)]
+
+    @_multistep_backward.register_fake
+    def _(key, scalars, x_seq, tensors, saved, grads):
+        return [torch.empty_like(x_seq)] + [torch.empty_like(t) for t in tensors]
+
+    def _setup_context(ctx, inputs, output):
+        key, x_seq, tensors, scalars = inputs
+        plan = PLANS.by_key(key)
+        n_out = 2 + len(plan.model.state_names)
+        ctx.key, ctx.scalars, ctx.n_tensors = key, scalars, len(tensors)
+        ctx.save_for_backward(x_seq, *tensors, *output[n_out:])
+
+    def _backward(ctx, grads):
+        x_seq, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        plan = PLANS.by_key(ctx.key)
+        n_states = len(plan.model.state_names)
+        g_vseq = grads[1] if plan.cfg.store_v_seq else None
+        out = _multistep_backward(ctx.key, ctx.scalars, x_seq, list(tensors), list(saved),
+                                  [grads[0], g_vseq, *grads[2:2 + n_states]])
+        learnable = set(plan.cfg.learnable)
+        param_grads = [g if k in learnable else None
+                       for k, g in zip(plan.tensor_params, out[1 + n_states:])]
+        grad_x, *rest = _grad_of_inputs(out[0], out[1:1 + n_states], param_grads)
+        return None, grad_x, list(rest), None
+
+    torch.library.register_autograd("neurogen::multistep", _backward,
+                                    setup_context=_setup_context)
+
+
+__all__ = ["run_forward", "run_backward", "MultiStep", "multi_step", "compiling",
+           "constant_result", "AVAILABLE"]

@@ -1,0 +1,84 @@
+"""What besides the model and the dtype changes a kernel's code (:class:`KernelConfig`),
+validated once (:func:`make_config`), and the derivation each configuration needs
+(:func:`derivation`, memoised: the sympy work is done once per model and setting)."""
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from . import cache
+from . import surrogate as sg
+from .derive import Backward, derive_backward
+from .spec.model import NeuronModel
+from .stages import Step
+
+PARAM_KINDS = ("scalar", "neuron", "shared")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Everything besides the model and dtype that changes a kernel's code.
+
+    ``param_kinds`` maps each parameter to ``scalar`` (a by-value argument),
+    ``neuron`` (a pointer indexed per neuron) or ``shared`` (a pointer to one
+    value, e.g. a learnable scalar, read without a host sync).
+    """
+    surrogate: sg.Surrogate = field(default_factory=sg.Sigmoid)
+    detach_reset: bool = False
+    store_v_seq: bool = False
+    save: bool = True
+    learnable: Tuple[str, ...] = ()
+    param_kinds: Tuple[Tuple[str, str], ...] = ()
+    grad_v_seq: bool = False
+
+    def key(self) -> str:
+        return (f"surrogate={self.surrogate.structure()};detach={self.detach_reset};"
+                f"vseq={self.store_v_seq};save={self.save};learn={','.join(self.learnable)};"
+                f"params={self.param_kinds};gvseq={self.grad_v_seq}")
+
+    def kind_of(self, param: str) -> str:
+        return dict(self.param_kinds).get(param, "scalar")
+
+
+def make_config(model: NeuronModel, **options) -> KernelConfig:
+    """Build and check a :class:`KernelConfig` for ``model`` from keyword options."""
+    kinds = dict(options.pop("param_kinds", ()) or ())
+    learnable = tuple(options.pop("learnable", ()) or ())
+    for k, kind in kinds.items():
+        if k not in model.param_names:
+            raise ValueError(f"param_kinds names unknown parameter {k!r}; "
+                             f"parameters: {list(model.param_names)}")
+        if kind not in PARAM_KINDS:
+            raise ValueError(f"parameter kind {kind!r} must be one of {PARAM_KINDS}")
+    for k in learnable:
+        if k not in model.param_names:
+            raise ValueError(f"learnable names unknown parameter {k!r}")
+        if kinds.get(k, "scalar") == "scalar":
+            kinds[k] = "shared"  # a learnable value lives in a tensor
+    surrogate = options.pop("surrogate", None) or options.pop("surrogate_function", None)
+    if surrogate is None:
+        surrogate = sg.Sigmoid()
+    if not isinstance(surrogate, sg.Surrogate):
+        raise TypeError(f"surrogate must be a neurogen.surrogate.Surrogate, "
+                        f"got {type(surrogate).__name__}")
+    if not isinstance(surrogate, sg.Custom):
+        surrogate = type(surrogate)()  # hyper-parameters are kernel arguments, not code
+    cfg = KernelConfig(surrogate=surrogate,
+                       param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
+                       learnable=tuple(k for k in model.param_names if k in learnable),
+                       **options)
+    return cfg
+
+
+
+@cache.memoize("derivations", maxsize=256)
+def derivation(model: NeuronModel, surrogate: sg.Surrogate, detach_reset: bool,
+               learnable: Tuple[str, ...]) -> Tuple[Step, Backward]:
+    """The step and its derived backward (done once per model and setting)."""
+    step = Step(model)
+    return step, derive_backward(step, surrogate.kernel_derivative(), detach_reset, learnable)
+
+
+def backward_of(model: NeuronModel, cfg: KernelConfig) -> Backward:
+    return derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)[1]
+
+
+__all__ = ["KernelConfig", "make_config", "derivation", "backward_of", "PARAM_KINDS"]

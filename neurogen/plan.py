@@ -1,0 +1,203 @@
+"""A multi-step call on a kernel target: how its parameters are passed (a by-value scalar,
+one shared value, one per neuron; learnable or not), the :class:`Plan` that fixes
+everything a call's kernels depend on, and the plan cache.
+
+A plan is made once per model, target, dtype and parameter setting and reused while
+none of them changes; it holds its kernels and argument packers, so a call reads only
+the tensors' pointers and sizes (PERF_NOTES.md 21).
+"""
+import dataclasses
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+import torch
+
+from . import abi, cache
+from .config import KernelConfig, backward_of, make_config
+from .spec.model import NeuronModel
+from .targets.base import KernelTarget
+
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
+                torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What stays fixed during one multi-step call."""
+    model: NeuronModel
+    target: KernelTarget
+    dtype: str                         # kernel I/O dtype name
+    cfg: KernelConfig                  # forward config (save, learnable, param kinds...)
+    scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
+    tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
+
+    # (kind, grad_v_seq, device) -> (kernel, packer, cache generation); not part of the value
+    _kernels: dict = field(default_factory=dict, init=False, compare=False, hash=False,
+                           repr=False)
+    # the derived backward, the backward's configuration with and without a v_seq gradient
+    _memo: dict = field(default_factory=dict, init=False, compare=False, hash=False,
+                        repr=False)
+
+    @property
+    def compute(self) -> str:
+        return "double" if self.dtype == "float64" else "float"
+
+    @property
+    def key(self) -> str:
+        """Text identifying the plan's structure (its scalar values are passed per call):
+        the torch.compile custom op finds the plan by it."""
+        return "|".join([self.model.name, self.model.spec_hash, self.target.name, self.dtype,
+                         self.cfg.key(), ",".join(self.tensor_params),
+                         ",".join(name for name, _ in self.scalars)])
+
+    def backward_info(self):
+        bw = self._memo.get("bw")
+        if bw is None:
+            bw = self._memo["bw"] = backward_of(self.model, self.cfg)
+        return bw
+
+    def backward_cfg(self, grad_v_seq: bool) -> KernelConfig:
+        cfg = self._memo.get(grad_v_seq)
+        if cfg is None:
+            cfg = self._memo[grad_v_seq] = dataclasses.replace(self.cfg, grad_v_seq=grad_v_seq)
+        return cfg
+
+    def args(self, kind: str, cfg: KernelConfig):
+        return abi.kernel_args(self.model, kind, cfg, self.backward_info())
+
+    def launch(self, kind, cfg, values: Dict[str, object], n: int, T: int, device):
+        """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_v_seq``
+        set per call; the kernel and its argument packer are made once per plan."""
+        if n == 0:
+            return  # zero neurons: nothing to compute (and no empty CUDA grid)
+        key = (kind, cfg.grad_v_seq, device)
+        entry = self._kernels.get(key)
+        if entry is None or entry[2] != cache.generation:
+            kernel = self.target.kernel(self.model, kind, self.dtype, cfg, device)
+            packer = self.target.packer(kernel.ir.args, dict(self.scalars), self.compute)
+            entry = self._kernels[key] = (kernel, packer, cache.generation)
+        kernel, packer, _ = entry
+        self.target.launch(kernel, packer(values), n, T, device)
+
+
+class _Plans:
+    """The plan cache: at most ``limit`` plans by their full key (emptied when full), and
+    every plan ever made by :attr:`Plan.key` for the torch.compile custom op (a compiled
+    graph keeps calling with its key)."""
+
+    def __init__(self, limit=256):
+        self.limit = limit
+        self._plans, self._by_key = {}, {}
+        self._lock = threading.Lock()
+        cache.register(self)
+
+    def get(self, key, build):
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # an unhashable parameter value set by hand: no reuse
+            return self.index(build())
+        if plan is None:
+            with self._lock:
+                if len(self._plans) >= self.limit:
+                    self._plans.clear()
+                plan = self._plans[key] = self.index(build())
+        return plan
+
+    def index(self, plan):
+        self._by_key.setdefault(plan.key, plan)
+        return plan
+
+    def by_key(self, key: str) -> Plan:
+        return self._by_key[key]
+
+    def forget(self):
+        self._plans.clear()  # _by_key stays: compiled graphs name their plans by key
+
+    def __len__(self):
+        return len(self._plans)
+
+
+PLANS = _Plans()
+
+
+def classify(params, shape, compute):
+    """How each parameter value reaches the kernels: ``(scalars, tensor_params, kinds,
+    tensors, learnable)``. A float is a by-value argument (``p_<k>``); a one-element
+    tensor is read as one shared value, a larger one per neuron (broadcast to the neuron
+    shape); a tensor that requires a gradient is learnable."""
+    N = math.prod(shape)
+    scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
+    for k, value in params.items():
+        if not isinstance(value, torch.Tensor):
+            scalars.append((abi.name("param_value", k), value))
+            continue
+        try:
+            full = torch.broadcast_shapes(value.shape, shape)
+        except RuntimeError:
+            raise ValueError(f"parameter {k!r} has shape {tuple(value.shape)}, which does not "
+                             f"broadcast to the neuron shape {tuple(shape)}") from None
+        if len(full) > len(shape):
+            raise ValueError(f"parameter {k!r} has more dimensions than the neuron shape "
+                             f"{tuple(shape)}")
+        value = value.to(compute)
+        if value.numel() == 1:
+            kinds[k] = "shared"
+            tensors.append(value.reshape(1))
+        else:
+            kinds[k] = "neuron"
+            tensors.append(value.expand(shape).reshape(N).contiguous())
+        tensor_params.append(k)
+        if value.requires_grad:
+            learnable.append(k)
+    return scalars, tensor_params, kinds, tensors, learnable
+
+
+def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
+    """The plan of a call of ``module`` (from the cache while nothing it depends on
+    changes)."""
+    key = (module.model, module.surrogate_function.key(), module.detach_reset,
+           module.store_v_seq, target.name, dtype, tuple(dict(kinds).items()),
+           tuple(learnable), needs_grad, tuple(tensor_params), tuple(scalars))
+
+    def build():
+        cfg = make_config(module.model, surrogate=module.surrogate_function,
+                          detach_reset=module.detach_reset, store_v_seq=module.store_v_seq,
+                          save=needs_grad, learnable=tuple(learnable) if needs_grad else (),
+                          param_kinds=tuple(dict(kinds).items()))
+        values = list(scalars) + list(module.surrogate_function.kernel_values().items())
+        return Plan(model=module.model, target=target, dtype=dtype, cfg=cfg,
+                    scalars=tuple(values), tensor_params=tuple(tensor_params))
+    return PLANS.get(key, build)
+
+
+def run_kernels(target, module, x_seq, states, params):
+    """A multi-step call of ``module`` on ``target``'s kernels: ``(spike_seq, v_seq or
+    None, {state: final})`` shaped like the input."""
+    from . import autograd
+    model = module.model
+    T, shape = x_seq.shape[0], x_seq.shape[1:]
+    N = math.prod(shape)
+    dtype = TORCH_DTYPES[x_seq.dtype]
+    compute = torch.float64 if dtype == "float64" else torch.float32
+    scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
+    needs_grad = torch.is_grad_enabled() and (
+        x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
+    inits = [as_shape(states[s], (N,)).contiguous() for s in model.state_names]
+    x2d = as_shape(x_seq, (T, N)).contiguous()
+    out = autograd.multi_step(module, target, dtype, kinds, learnable if needs_grad else [],
+                              needs_grad, tensor_params, scalars, x2d, inits + tensors)
+    spike_seq, v_seq, finals = out[0], out[1], out[2:2 + len(model.state_names)]
+    finals = {s: as_shape(f, shape) for s, f in zip(model.state_names, finals)}
+    v_seq = as_shape(v_seq, x_seq.shape) if module.store_v_seq else None
+    return as_shape(spike_seq, x_seq.shape), v_seq, finals
+
+
+def as_shape(t, shape):
+    """``t.reshape(shape)``, or ``t`` itself when it has that shape already: a reshape to
+    the same shape still adds a view node that autograd runs in every backward."""
+    return t if t.shape == tuple(shape) else t.reshape(shape)
+
+
+__all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "as_shape", "TORCH_DTYPES"]

@@ -1,0 +1,238 @@
+"""The ``cpu`` target: the IR as C++ (``templates/cpp_kernel.cpp.j2``), built by the host
+compiler (:mod:`neurogen.targets.host_compiler`), run over blocks of neurons on torch's
+threads.
+
+A kernel loops over neuron blocks (up to :data:`BLOCK` neurons); within a block, over
+time, and within a time step over the block's neurons (the ``omp simd`` loop that
+vectorises). The per-neuron values that live across time steps (carried variables and
+per-neuron constants) sit in per-block arrays in a scratch buffer the launcher passes.
+"""
+import functools
+import threading
+from typing import List, Optional
+
+import sympy as sp
+
+from ..abi import Arg
+from ..ir import Let, Load, Set, reads, writes
+from ..spec.functions import sigmoid, sigmoid_grad
+from . import host_compiler
+from .base import Kernel, KernelTarget
+from .c_source import CLines, env, header_context, signature
+
+TYPES = {  # dtype: (C type of tensors, compute type, load, store)
+    "float32": ("float", "float", "value", "value"),
+    "float64": ("double", "double", "value", "value"),
+    # torch's bfloat16 as its 16 raw bits, converted by hand
+    "bfloat16": ("uint16_t", "float", "ng_bf16_to_float(value)", "ng_float_to_bf16(value)"),
+}
+# Neurons per block at most, and the bytes a block's per-neuron arrays may take on each
+# thread (in the scratch buffer); the block size itself is chosen per call
+# (cpu_blocks). Longer blocks mean longer contiguous runs per row for the prefetchers:
+# 32768 (one block per thread at 2^16 neurons on 2 threads) against 8192 took the
+# Izhikevich training step from 6.47 to 6.02 ms (PERF_NOTES.md 23). 512 KiB holds three
+# float arrays of 32768 and stays within the 1-2 MiB of L2 per core of current x86 CPUs.
+BLOCK = 32768
+ARRAY_BUDGET = 512 << 10
+# The launcher's own arguments, after the ABI's (rendered into every C++ kernel's
+# signature from this list, and packed in this order by launch()).
+LAUNCH_ARGS = (Arg("ng_bs", "int64", "index", "cpu"),
+               Arg("ng_block_begin", "int64", "index", "cpu"),
+               Arg("ng_block_end", "int64", "index", "cpu"),
+               Arg("ng_threads", "int32", "index", "cpu"),
+               Arg("ng_scratch", "compute_t* __restrict__", "compute", "cpu"))
+
+
+def max_block(n_arrays: int, compute: str) -> int:
+    """The largest block (a power of two from 256 to :data:`BLOCK`) whose ``n_arrays``
+    per-neuron arrays of ``compute`` values fit in :data:`ARRAY_BUDGET`."""
+    size = 8 if compute == "double" else 4
+    block = BLOCK
+    while block > 256 and block * size * max(n_arrays, 1) > ARRAY_BUDGET:
+        block //= 2
+    return block
+
+
+def separate_surrogate(expr, compute: str) -> bool:
+    """Whether the C++ backward computes the surrogate derivative in its own pass: when
+    it calls a math-library function (``expf`` through libmvec, or libm's scalar ``exp`` in
+    double kernels). The call spills every vector register of a long loop body (a scalar
+    call keeps the whole loop scalar); in a short loop of its own it costs far less.
+    Functions the float kernels inline (``sigmoid``, ``sigmoid'``), and rational, piecewise
+    and max/min forms stay in the main loop. Measured (PERF_NOTES.md 16, Izhikevich
+    backward, T = 64, N = 2^16, in-process replays): Erf 5.3 -> 4.2 ms, PiecewiseExp 4.2 ->
+    3.7 with the pass; Sigmoid float 2.90 inline against 3.00 with it."""
+    if expr is None:
+        return False
+    inlined = (sp.Abs, sp.Piecewise) + ((sigmoid, sigmoid_grad) if compute == "float" else ())
+    return any(isinstance(e, sp.Function) and not isinstance(e, inlined)
+               for e in sp.preorder_traversal(expr))
+
+
+def surrogate_pass(body, compute) -> Optional[dict]:
+    """The statements computing ``ng_sg`` for a separate pass over a chunk of neurons
+    (:func:`separate_surrogate` says when that pays), as
+    ``{"statements": [...], "arrays": [names it reads from outside]}``, or None. The
+    pass runs before the step's main loop, so it may only read carried variables the
+    step has not yet changed."""
+    at = next((i for i, st in enumerate(body) if isinstance(st, Let) and st.name == "ng_sg"),
+              None)
+    if at is None or not separate_surrogate(body[at].expr, compute):
+        return None
+    need, picked = reads(body[at]), [at]
+    for i in range(at - 1, -1, -1):
+        st = body[i]
+        if writes(st) in need:
+            if not (isinstance(st, Let) and not st.var) and not (
+                    isinstance(st, Load) and st.mode == "const"):
+                return None  # a value the step changes before the surrogate: no pass
+            picked.insert(0, i)
+            need = (need - {st.name}) | reads(st)
+    for i in picked:  # what the pass reads must still hold the step's starting value
+        changed = {st.name for st in body[:i] if isinstance(st, Set)
+                   or (isinstance(st, Load) and st.mode == "set")}
+        if reads(body[i]) & changed:
+            return None
+    return dict(statements=[body[i] for i in picked], arrays=sorted(need))
+
+
+class CpuTarget(KernelTarget):
+    """Generated C++ on this machine's cores."""
+
+    name = "cpu"
+    auto_rank = 1
+    dtypes = tuple(TYPES)
+
+    def unavailable(self):
+        return host_compiler.missing()
+
+    def check(self, x):
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
+        if _dtype(x) not in TYPES:
+            raise TypeError(f"backend='cpu' runs float32, float64 or bfloat16, not {x.dtype}; "
+                            "convert the input or use backend='torch'")
+
+    def auto_refusal(self, x):
+        if x.device.type != "cpu":
+            return ""
+        if _dtype(x) not in TYPES:
+            return (f"neurogen: the CPU kernels run float32/float64/bfloat16, not {x.dtype}; "
+                    "using the (slower) torch backend")
+        why = self.unavailable()
+        return None if why is None else f"neurogen: falling back to the torch backend: {why}"
+
+    def render(self, ir) -> str:
+        if ir.dtype not in TYPES:
+            raise ValueError(f"the C++ CPU kernels support {', '.join(TYPES)}, not {ir.dtype}")
+        lines = CLines(ir)
+        arrays = ir.constants + ir.carried
+        ctx = header_context(ir, "cpp", TYPES)
+
+        def loop(body):
+            sg = surrogate_pass(body, ir.compute)
+            text = lines(body)
+            if sg is None:
+                return text, None
+            # the main loop reads the pass's value instead of computing it again
+            text = ["const compute_t ng_sg = ng_sgbuf[ng_j - ng_c];"
+                    if isinstance(st, Let) and st.name == "ng_sg" else t
+                    for st, t in zip(body, text)]
+            return text, dict(lines=lines(sg["statements"]),
+                              arrays=[a for a in arrays if a in sg["arrays"]])
+
+        step, sg_step = loop(ir.step)
+        first, sg_first = loop(ir.first) if ir.first is not None else (None, None)
+        ctx.update(signature=signature(list(ir.args) + list(LAUNCH_ARGS)),
+                   uniform=lines(ir.uniform), per_neuron=lines(ir.per_neuron),
+                   before=lines(ir.before), step=step, first=first, after=lines(ir.after),
+                   arrays=arrays, carried=ir.carried, constants=ir.constants,
+                   sg_step=sg_step, sg_first=sg_first,
+                   block=max_block(len(arrays), ir.compute), template="cpp_kernel.cpp.j2")
+        return env.get_template("cpp_kernel.cpp.j2").render(**ctx)
+
+    def compile(self, ir, source, device) -> Kernel:
+        fn, openmp = host_compiler.compile_kernel(source, ir.name, fma=ir.compute == "float")
+        arrays = len(ir.constants) + len(ir.carried)
+        size = 8 if ir.compute == "double" else 4
+        return Kernel(fn, ir, source, launch=(
+            ("max_block", max_block(arrays, ir.compute)), ("array_bytes", arrays * size),
+            ("openmp", openmp)))
+
+    def launch(self, kernel, packed, n, T, device):
+        launch_cpu(kernel, packed, n, T)
+
+
+def _dtype(x):
+    return str(x.dtype).replace("torch.", "")
+
+
+def cpu_blocks(n: int, max_block: int, workers: int):
+    """``(block size, number of blocks)`` for ``n`` neurons on ``workers`` threads: as
+    few blocks as ``max_block`` allows, a multiple of ``workers`` (so a static split is
+    even), of a size rounded up to 16 neurons (64-byte runs of float)."""
+    per_worker_blocks = max(1, -(-n // (workers * max_block)))
+    size = -(-n // (workers * per_worker_blocks))
+    size = min(max_block, -(-size // 16) * 16)
+    return size, -(-n // size)
+
+
+def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
+    """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
+    over neuron blocks (when built with OpenMP, see
+    :func:`~neurogen.targets.host_compiler.cpu_threading`) or, otherwise, blocks split
+    over Python threads (ctypes releases the GIL during the call). Each thread's block
+    arrays live in the calling thread's scratch buffer (:func:`scratch`) rather than on
+    the threads' stacks."""
+    import torch
+    workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
+    if n * T < 1 << 15:
+        workers = 1  # too small to pay for waking threads
+    size, blocks = cpu_blocks(n, kernel.info("max_block"), workers)
+    workers = min(workers, blocks)
+    stride = kernel.info("array_bytes") * size
+    base = scratch(workers * stride)
+    fn = kernel.fn
+    if workers == 1 or kernel.info("openmp"):
+        host_compiler.call(fn, packed + _launch_values(size, 0, blocks, workers, base))
+        return
+    bounds = [blocks * w // workers for w in range(workers + 1)]
+    futures = [_pool(workers).submit(host_compiler.call, fn, packed + _launch_values(
+                   size, lo, hi, 1, base + w * stride))
+               for w, (lo, hi) in enumerate(zip(bounds, bounds[1:])) if hi > lo]
+    for f in futures:
+        f.result()
+
+
+def _launch_values(size, begin, end, threads, scratch_address):
+    values = {"ng_bs": size, "ng_block_begin": begin, "ng_block_end": end,
+              "ng_threads": threads, "ng_scratch": scratch_address}
+    kinds = {"int64": "i64", "int32": "i32"}
+    return [(kinds.get(a.role, "ptr"), values[a.name]) for a in LAUNCH_ARGS]
+
+
+_scratch_local = threading.local()
+
+
+def scratch(nbytes: int) -> int:
+    """Address of a 64-byte aligned buffer of at least ``nbytes`` that the calling thread
+    reuses for every C++ kernel call (the kernels' per-thread block arrays; at most
+    :data:`ARRAY_BUDGET` per kernel thread). Kept, not freed and allocated per call: a
+    fresh buffer cost page faults on every call. A launch from one Python thread finishes
+    before that thread launches again, so one buffer per thread suffices."""
+    held = getattr(_scratch_local, "held", None)  # (buffer, its address)
+    if held is None or held[0].nbytes < nbytes:
+        from ..memory import aligned_empty
+        buf = aligned_empty(max(nbytes, 1))
+        held = _scratch_local.held = (buf, buf.ctypes.data)
+    return held[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers):
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurogen")
+
+
+__all__ = ["CpuTarget", "TYPES", "BLOCK", "ARRAY_BUDGET", "LAUNCH_ARGS", "max_block",
+           "cpu_blocks", "launch_cpu", "scratch", "surrogate_pass", "separate_surrogate"]

@@ -1,0 +1,79 @@
+"""The ``cuda-emulated`` target: the exact CUDA text of the ``cuda`` target run on the CPU.
+
+The kernel text NVRTC compiles is compiled unmodified by the host C++ compiler, preceded
+by a small shim (``templates/cuda_emulation_shim.h``: ``__global__``, ``__device__``,
+``threadIdx``...) and followed by a launcher that runs the grid serially, block by block
+and thread by thread. Half types use the CUDA toolkit's ``cuda_fp16.h``/``cuda_bf16.h``
+host code. For testing and debugging the CUDA path on machines without a GPU: it is
+slow, and CI runs every generated CUDA kernel through it.
+"""
+import functools
+import importlib.resources
+
+from ..abi import Arg
+from ..errors import BackendUnavailableError
+from . import host_compiler
+from .base import Kernel, KernelTarget
+from .c_source import env, signature
+from .cuda import TYPES, include_dirs, launch_config, render_cuda
+
+HALF = ("float16", "bfloat16")
+# the launcher's own arguments, before the kernel's: the grid (packed by launch())
+GRID_ARGS = (Arg("ng_grid", "const unsigned int", "index", "emulated"),
+             Arg("ng_block", "const unsigned int", "index", "emulated"))
+
+
+@functools.lru_cache(maxsize=None)
+def shim() -> str:
+    return importlib.resources.files("neurogen").joinpath(
+        "templates/cuda_emulation_shim.h").read_text()
+
+
+def launcher(ir) -> str:
+    """A host function running ``ir``'s kernel over the grid, thread by thread."""
+    return env.get_template("cuda_emulation_launch.j2").render(
+        name=ir.name, signature=signature(list(GRID_ARGS) + list(ir.args)),
+        arg_names=[a.name for a in ir.args])
+
+
+def flags(dtype):
+    base = host_compiler.CPU_FLAGS
+    if dtype not in HALF:
+        return base
+    dirs = include_dirs(host=True)
+    if not dirs:
+        raise BackendUnavailableError(
+            f"emulating {dtype} kernels needs cuda_fp16.h/cuda_bf16.h on the host: install "
+            "a CUDA toolkit (its include folder, e.g. /usr/local/cuda/include, or set $CUDA_PATH)")
+    return base + ("-DNG_EMULATE_HALF", f"-I{dirs[0]}")
+
+
+class EmulatedTarget(KernelTarget):
+    """The ``cuda`` target's kernels, run serially on the CPU."""
+
+    name = "cuda-emulated"
+    dtypes = tuple(TYPES)
+
+    def unavailable(self):
+        return host_compiler.missing()
+
+    def check(self, x):
+        if x.device.type != "cpu":
+            raise ValueError("backend='cuda-emulated' runs the CUDA kernels on the CPU and needs "
+                             f"CPU tensors, got a tensor on {x.device}")
+
+    def render(self, ir) -> str:
+        """The CUDA text, byte for byte as the ``cuda`` target compiles it."""
+        return render_cuda(ir)
+
+    def compile(self, ir, source, device) -> Kernel:
+        program = shim() + source + launcher(ir)
+        fn = host_compiler.compile_cpp(program, f"ng_emulate_{ir.name}", flags(ir.dtype))
+        return Kernel(fn, ir, source)
+
+    def launch(self, kernel, packed, n, T, device):
+        grid, block = launch_config(n)
+        host_compiler.call(kernel.fn, [("u32", grid), ("u32", block)] + packed)
+
+
+__all__ = ["EmulatedTarget", "shim", "launcher", "flags", "GRID_ARGS"]
