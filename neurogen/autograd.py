@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from . import abi, memory
+from . import buffers
 from .plan import PLANS, Plan, plan_for
 
 AVAILABLE = hasattr(torch.library, "custom_op")  # torch >= 2.4
@@ -26,22 +26,20 @@ def run_forward(plan: Plan, x_seq, tensors):
 
     Returns ``(outputs, saved)``: ``[spike_seq, v_seq (or empty), *final states]`` and the
     per-step values the backward reads (empty when ``plan.cfg.save`` is off)."""
-    model, cfg = plan.model, plan.cfg
-    states = model.state_names
-    inits = tensors[:len(states)]
+    cfg, names = plan.cfg, plan.names
+    n_states = len(names.init)
+    inits = tensors[:n_states]
     T, N = x_seq.shape
-    saved_keys = [abi.saved_key(y) for y in plan.backward_info().saved]
-    values = {abi.name("x"): x_seq, abi.name("T"): T, abi.name("N"): N}
-    values.update({abi.name("init", s): t for s, t in zip(states, inits)})
-    values.update({abi.name("param", k): t
-                   for k, t in zip(plan.tensor_params, tensors[len(states):])})
-    spike_seq = memory.empty_like(x_seq)
-    v_seq = memory.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
+    values = {names.x: x_seq, names.T: T, names.N: N}
+    values.update(zip(names.init, inits))
+    values.update(zip(names.param, tensors[n_states:]))
+    spike_seq = buffers.empty_like(x_seq)
+    v_seq = buffers.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
     finals = [torch.empty_like(t) for t in inits]
-    saved = [memory.empty_like(x_seq) for _ in saved_keys] if cfg.save else []
-    values[abi.name("spike")], values[abi.name("v_seq")] = spike_seq, v_seq
-    values.update({abi.name("final", s): f for s, f in zip(states, finals)})
-    values.update({abi.name("saved_out", k): t for k, t in zip(saved_keys, saved)})
+    saved = [buffers.empty_like(x_seq) for _ in names.saved_out] if cfg.save else []
+    values[names.spike], values[names.v_seq] = spike_seq, v_seq
+    values.update(zip(names.final, finals))
+    values.update(zip(names.saved_out, saved))
     plan.launch("forward", cfg, values, N, T, x_seq.device)
     return [spike_seq, v_seq, *finals], saved
 
@@ -51,33 +49,31 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
 
     Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or
     None])``."""
-    model, bw = plan.model, plan.backward_info()
-    states = model.state_names
-    inits = dict(zip(states, tensors[:len(states)]))
-    params = dict(zip(plan.tensor_params, tensors[len(states):]))
+    names = plan.names
+    n_states = len(names.init)
+    params = dict(zip(plan.tensor_params, tensors[n_states:]))
     T, N = x_seq.shape
     io = dict(dtype=x_seq.dtype, device=x_seq.device)
     use_vseq = plan.cfg.store_v_seq and g_vseq is not None
     cfg = plan.backward_cfg(use_vseq)
-    zeros_n = memory.constant((N,), 0.0, io["dtype"], io["device"])
-    values = {abi.name("T"): T, abi.name("N"): N,
-              abi.name("grad_spike"): (g_spike.contiguous() if g_spike is not None
-                                       else torch.zeros(T, N, **io))}
+    zeros_n = buffers.constant((N,), 0.0, io["dtype"], io["device"])
+    values = {names.T: T, names.N: N, names.x: x_seq,
+              names.grad_spike: (g_spike.contiguous() if g_spike is not None
+                                 else torch.zeros(T, N, **io))}
     if use_vseq:
-        values[abi.name("grad_v_seq")] = g_vseq.contiguous()
-    values.update({abi.name("grad_final", s): (g.contiguous() if g is not None else zeros_n)
-                   for s, g in zip(states, g_finals)})
-    values.update({abi.name("saved", abi.saved_key(y)): t for y, t in zip(bw.saved, saved)})
-    values[abi.name("x")] = x_seq
-    values.update({abi.name("init", s): inits[s] for s in bw.needs_init})
-    values.update({abi.name("param", k): t for k, t in params.items()})
-    grad_x = memory.empty((T, N), **io)
-    grad_init = {s: torch.empty(N, **io) for s in states}
+        values[names.grad_v_seq] = g_vseq.contiguous()
+    values.update((name, g.contiguous() if g is not None else zeros_n)
+                  for name, g in zip(names.grad_final, g_finals))
+    values.update(zip(names.saved, saved))
+    values.update((name, tensors[i]) for i, name in names.needs_init)
+    values.update(zip(names.param, tensors[n_states:]))
+    grad_x = buffers.empty((T, N), **io)
+    grad_init = [torch.empty(N, **io) for _ in range(n_states)]
     compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
     grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"]) for k in cfg.learnable}
-    values[abi.name("grad_x")] = grad_x
-    values.update({abi.name("grad_init", s): g for s, g in grad_init.items()})
-    values.update({abi.name("grad_param", k): g for k, g in grad_p.items()})
+    values[names.grad_x] = grad_x
+    values.update(zip(names.grad_init, grad_init))
+    values.update((names.grad_param[k], g) for k, g in grad_p.items())
     plan.launch("backward", cfg, values, N, T, io["device"])
     param_grads = []
     for k in plan.tensor_params:
@@ -87,7 +83,7 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
             param_grads.append(grad_p[k].sum().reshape(params[k].shape))
         else:
             param_grads.append(grad_p[k])
-    return grad_x, [grad_init[s] for s in states], param_grads
+    return grad_x, grad_init, param_grads
 
 
 def _grad_of_inputs(grad_x, grad_inits, param_grads):

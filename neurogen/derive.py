@@ -113,8 +113,10 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
                 e = adj.get(reads[q], sp.Integer(0))
                 if not e.is_Symbol:
                     adj[reads[q]] = emit(f"ng_g{stage.grad_tag}_{q}", e)
-    out_syms = {f"ng_gP_{q}": emit(f"ng_gP_{q}", adj.get(P(q), sp.Integer(0)))
-                for q in step.states}
+    out_syms = {}
+    for q in step.states:  # (the first stage's gradient names may be these already)
+        e, name = adj.get(P(q), sp.Integer(0)), f"ng_gP_{q}"
+        out_syms[name] = e if e == sp.Symbol(name) else emit(name, e)
     out_syms["ng_gx"] = emit("ng_gx", gx)
     for p in params:
         out_syms[f"ng_gp_{p.name}"] = emit(f"ng_gp_{p.name}", gp[p])

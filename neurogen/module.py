@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import memory, reference, targets
+from . import buffers, reference, targets
 from . import surrogate as sg
 from .autograd import compiling, constant_result
 from .spec.model import NeuronModel
@@ -239,11 +239,11 @@ def _detached(memories, graph_only=False):
 
 
 def _full(shape, value, like):
-    """A constant initial state: shared between calls in eager mode (memory.constant), a
+    """A constant initial state: shared between calls in eager mode (buffers.constant), a
     plain ``torch.full`` inside a torch.compile graph."""
     if compiling():
         return torch.full(shape, float(value), dtype=like.dtype, device=like.device)
-    return memory.constant(shape, value, like.dtype, like.device)
+    return buffers.constant(shape, value, like.dtype, like.device)
 
 
 @constant_result

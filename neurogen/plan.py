@@ -67,6 +67,14 @@ class Plan:
     def args(self, kind: str, cfg: KernelConfig):
         return abi.kernel_args(self.model, kind, cfg, self.backward_info())
 
+    @property
+    def names(self) -> "Names":
+        """The argument names a call binds, spelled once per plan (abi.name)."""
+        names = self._memo.get("names")
+        if names is None:
+            names = self._memo["names"] = Names(self)
+        return names
+
     def launch(self, kind, cfg, values: Dict[str, object], n: int, T: int, device):
         """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_v_seq``
         set per call; the kernel and its argument packer are made once per plan."""
@@ -80,6 +88,28 @@ class Plan:
             entry = self._kernels[key] = (kernel, packer, cache.generation)
         kernel, packer, _ = entry
         self.target.launch(kernel, packer(values), n, T, device)
+
+
+class Names:
+    """A plan's argument names by role (what run_forward and run_backward bind)."""
+
+    def __init__(self, plan: Plan):
+        n = abi.name
+        states, bw = plan.model.state_names, plan.backward_info()
+        saved = [abi.saved_key(y) for y in bw.saved]
+        self.x, self.T, self.N = n("x"), n("T"), n("N")
+        self.spike, self.v_seq = n("spike"), n("v_seq")
+        self.init = [n("init", s) for s in states]
+        self.final = [n("final", s) for s in states]
+        self.param = [n("param", k) for k in plan.tensor_params]
+        self.saved_out = [n("saved_out", k) for k in saved]
+        self.saved = [n("saved", k) for k in saved]
+        self.needs_init = [(states.index(s), n("init", s)) for s in bw.needs_init]
+        self.grad_spike, self.grad_v_seq, self.grad_x = (n("grad_spike"), n("grad_v_seq"),
+                                                         n("grad_x"))
+        self.grad_final = [n("grad_final", s) for s in states]
+        self.grad_init = [n("grad_init", s) for s in states]
+        self.grad_param = {k: n("grad_param", k) for k in plan.cfg.learnable}
 
 
 class _Plans:

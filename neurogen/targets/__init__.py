@@ -12,11 +12,13 @@ True
 """
 from typing import Dict, List
 
+from .. import cache
 from ..errors import BackendUnavailableError, warn_once
 from .base import Kernel, KernelTarget, Target
 
 _TARGETS: Dict[str, Target] = {}
 _ALIASES: Dict[str, str] = {}
+_RESOLVED = cache.Memory("resolved targets")  # (name, device type, dtype) -> target
 
 
 def register(target: Target) -> Target:
@@ -28,6 +30,7 @@ def register(target: Target) -> Target:
     _TARGETS[target.name] = target
     for alias in target.aliases:
         _ALIASES[alias] = target.name
+    _RESOLVED.forget()
     return target
 
 
@@ -35,6 +38,7 @@ def unregister(name: str):
     target = _TARGETS.pop(name)
     for alias in target.aliases:
         _ALIASES.pop(alias, None)
+    _RESOLVED.forget()
 
 
 def names() -> List[str]:
@@ -65,7 +69,12 @@ def resolve(name: str, x) -> Target:
     """The target a call with input ``x`` runs on: the named one (checked against ``x``,
     with a typed error), or for ``"auto"`` the first by ``auto_rank`` that takes ``x``. A
     target passed over for a reason the user may want to fix (no CuPy for a CUDA tensor,
-    no compiler, a dtype its kernels lack) is named in a one-time warning."""
+    no compiler, a dtype its kernels lack) is named in a one-time warning. The answer is
+    kept per device type and dtype until :func:`neurogen.forget_kernels`."""
+    return _RESOLVED.get((name, x.device.type, x.dtype), lambda: _resolve(name, x))
+
+
+def _resolve(name, x):
     if name != "auto":
         target = get(name)
         target.check(x)

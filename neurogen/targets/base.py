@@ -62,8 +62,11 @@ class Kernel:
     source: str
     launch: Tuple[Tuple[str, object], ...] = field(default=())
 
+    def __post_init__(self):
+        object.__setattr__(self, "_info", dict(self.launch))
+
     def info(self, key, default=None):
-        return dict(self.launch).get(key, default)
+        return self._info.get(key, default)
 
 
 class KernelTarget(Target):

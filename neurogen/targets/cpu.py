@@ -204,11 +204,14 @@ def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
         f.result()
 
 
+_LAUNCH_KINDS = [{"int64": "i64", "int32": "i32"}.get(a.role, "ptr") for a in LAUNCH_ARGS]
+assert [a.name for a in LAUNCH_ARGS] == ["ng_bs", "ng_block_begin", "ng_block_end",
+                                         "ng_threads", "ng_scratch"]
+
+
 def _launch_values(size, begin, end, threads, scratch_address):
-    values = {"ng_bs": size, "ng_block_begin": begin, "ng_block_end": end,
-              "ng_threads": threads, "ng_scratch": scratch_address}
-    kinds = {"int64": "i64", "int32": "i32"}
-    return [(kinds.get(a.role, "ptr"), values[a.name]) for a in LAUNCH_ARGS]
+    """LAUNCH_ARGS' values as ``[(kind, value)]``, in their order."""
+    return list(zip(_LAUNCH_KINDS, (size, begin, end, threads, scratch_address)))
 
 
 _scratch_local = threading.local()
@@ -222,7 +225,7 @@ def scratch(nbytes: int) -> int:
     before that thread launches again, so one buffer per thread suffices."""
     held = getattr(_scratch_local, "held", None)  # (buffer, its address)
     if held is None or held[0].nbytes < nbytes:
-        from ..memory import aligned_empty
+        from ..buffers import aligned_empty
         buf = aligned_empty(max(nbytes, 1))
         held = _scratch_local.held = (buf, buf.ctypes.data)
     return held[1]

@@ -1,4 +1,4 @@
-"""The CPU output-buffer cache (neurogen.memory) and the CPU threading modes."""
+"""The CPU output-buffer cache (neurogen.buffers) and the CPU threading modes."""
 import gc
 import subprocess
 import threading
@@ -8,44 +8,44 @@ import pytest
 import torch
 
 import neurogen as ng
-from neurogen import memory, neuron
+from neurogen import buffers, neuron
 from neurogen.errors import warn_once
 from neurogen.targets import cpu, host_compiler
 
-BIG = (64, 8192)  # 2 MiB in float32: above memory.MIN_BYTES
+BIG = (64, 8192)  # 2 MiB in float32: above buffers.MIN_BYTES
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    memory.empty_cpu_cache()
-    limit = memory.cpu_cache_info()["limit_bytes"]
+    buffers.empty_cpu_cache()
+    limit = buffers.cpu_cache_info()["limit_bytes"]
     yield
-    memory.set_cpu_cache_limit(limit)
-    memory.empty_cpu_cache()
+    buffers.set_cpu_cache_limit(limit)
+    buffers.empty_cpu_cache()
 
 
 def test_freed_block_is_reused_and_live_blocks_are_not():
-    a = memory.empty(BIG, torch.float32, "cpu")
-    b = memory.empty(BIG, torch.float32, "cpu")
+    a = buffers.empty(BIG, torch.float32, "cpu")
+    b = buffers.empty(BIG, torch.float32, "cpu")
     assert a.shape == BIG and a.dtype == torch.float32 and a.is_contiguous()
     assert a.data_ptr() != b.data_ptr()
     ptr = a.data_ptr()
     del a
     gc.collect()
     hits = counts()[0]
-    c = memory.empty(BIG, torch.float32, "cpu")
+    c = buffers.empty(BIG, torch.float32, "cpu")
     assert c.data_ptr() == ptr
     assert counts()[0] == hits + 1
 
 
 def test_a_view_keeps_its_block_alive():
-    a = memory.empty(BIG, torch.float32, "cpu")
+    a = buffers.empty(BIG, torch.float32, "cpu")
     a.fill_(3.0)
     row = a[5]
     ptr = a.data_ptr()
     del a
     gc.collect()
-    b = memory.empty(BIG, torch.float32, "cpu")
+    b = buffers.empty(BIG, torch.float32, "cpu")
     b.fill_(-1.0)
     assert b.data_ptr() != ptr
     assert torch.all(row == 3.0)
@@ -53,14 +53,14 @@ def test_a_view_keeps_its_block_alive():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_dtypes(dtype):
-    t = memory.empty(BIG, dtype, "cpu")
+    t = buffers.empty(BIG, dtype, "cpu")
     assert t.dtype == dtype and t.shape == BIG
     t.fill_(1.5)
     assert float(t.float().mean()) == 1.5
 
 
 def counts():
-    info = memory.cpu_cache_info()
+    info = buffers.cpu_cache_info()
     return info["hits"], info["misses"]
 
 
@@ -69,11 +69,11 @@ def test_large_blocks_start_at_staggered_offsets_within_a_huge_page():
     # ones: successive allocations would sit one page apart modulo 2 MiB without this
     for shape in [(64, 1 << 16), (256, 1 << 16)]:
         nbytes = shape[0] * shape[1] * 4
-        slack = memory._slack(nbytes)
-        assert slack == min(memory.HUGE, nbytes // 16)
-        blocks = [memory.empty(shape, torch.float32, "cpu") for _ in range(4)]
+        slack = buffers._slack(nbytes)
+        assert slack == min(buffers.HUGE, nbytes // 16)
+        blocks = [buffers.empty(shape, torch.float32, "cpu") for _ in range(4)]
         offsets = [t.data_ptr() % slack for t in blocks]
-        assert all(t.data_ptr() % memory.ALIGN == 0 for t in blocks)
+        assert all(t.data_ptr() % buffers.ALIGN == 0 for t in blocks)
         gaps = [abs(a - b) for i, a in enumerate(offsets) for b in offsets[i + 1:]]
         assert min(gaps) >= slack // 8, offsets  # golden-ratio steps: far apart
         for i, t in enumerate(blocks):  # each block is its own memory, all of it usable
@@ -82,38 +82,38 @@ def test_large_blocks_start_at_staggered_offsets_within_a_huge_page():
         for i, t in enumerate(blocks):
             assert float(t[0, 0]) == i and float(t[-1, -2]) == i and float(t[-1, -1]) == -1.0
     # below the threshold: no room reserved, plain 64-byte alignment
-    assert memory._slack(memory.STAGGER_BYTES - 1) == 0
+    assert buffers._slack(buffers.STAGGER_BYTES - 1) == 0
 
 
 def test_small_and_uncached_requests_use_torch():
     before = counts()
-    memory.empty((16, 16), torch.float32, "cpu")
-    memory.set_cpu_cache_limit(0)
+    buffers.empty((16, 16), torch.float32, "cpu")
+    buffers.set_cpu_cache_limit(0)
     for _ in range(3):
-        memory.empty(BIG, torch.float32, "cpu")
-    assert counts() == before and memory.cpu_cache_info()["cached_bytes"] == 0
+        buffers.empty(BIG, torch.float32, "cpu")
+    assert counts() == before and buffers.cpu_cache_info()["cached_bytes"] == 0
 
 
 def test_limit_trims_and_bounds_the_cache():
-    blocks = [memory.empty(BIG, torch.float32, "cpu") for _ in range(3)]
+    blocks = [buffers.empty(BIG, torch.float32, "cpu") for _ in range(3)]
     nbytes = blocks[0].numel() * 4
     del blocks
     gc.collect()
-    assert memory.cpu_cache_info()["cached_bytes"] == 3 * nbytes
-    memory.set_cpu_cache_limit(nbytes)
-    assert memory.cpu_cache_info()["cached_bytes"] == nbytes
-    memory.empty_cpu_cache()
-    assert memory.cpu_cache_info()["cached_bytes"] == 0
+    assert buffers.cpu_cache_info()["cached_bytes"] == 3 * nbytes
+    buffers.set_cpu_cache_limit(nbytes)
+    assert buffers.cpu_cache_info()["cached_bytes"] == nbytes
+    buffers.empty_cpu_cache()
+    assert buffers.cpu_cache_info()["cached_bytes"] == 0
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
 def test_bad_limit(bad):
     with pytest.raises(ValueError, match="bytes"):
-        memory.set_cpu_cache_limit(bad)
+        buffers.set_cpu_cache_limit(bad)
 
 
 def test_bad_environment_value_is_named():
-    code = "import neurogen.memory"
+    code = "import neurogen.buffers"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"NEUROGEN_CPU_CACHE_MB": "lots", "PATH": ""})
     assert proc.returncode != 0 and "NEUROGEN_CPU_CACHE_MB" in proc.stderr
@@ -130,7 +130,7 @@ def test_outputs_kept_by_the_user_are_never_overwritten():
         out = node(x)
         out.backward(torch.ones_like(out))
         kept.append((out.detach().clone(), out, x.grad.clone(), x.grad))
-    memory.set_cpu_cache_limit(0)  # recompute each call alone, with the cache off
+    buffers.set_cpu_cache_limit(0)  # recompute each call alone, with the cache off
     for (ref_out, out, ref_grad, grad), x in zip(kept, xs):
         assert torch.equal(out.detach(), ref_out) and torch.equal(grad, ref_grad)
         x2 = x.detach().clone().requires_grad_()
@@ -250,19 +250,19 @@ def test_results_do_not_depend_on_the_block_size(monkeypatch):
 
 
 def test_constant_tensors_are_shared_and_refilled_after_a_change():
-    a = memory.constant((1000,), 0.5, torch.float32, "cpu")
+    a = buffers.constant((1000,), 0.5, torch.float32, "cpu")
     assert torch.equal(a, torch.full((1000,), 0.5))
-    assert memory.constant((1000,), 0.5, torch.float32, "cpu") is a
-    assert memory.constant((1000,), 0.25, torch.float32, "cpu") is not a
-    assert memory.constant((1000,), 0.5, torch.float64, "cpu").dtype == torch.float64
+    assert buffers.constant((1000,), 0.5, torch.float32, "cpu") is a
+    assert buffers.constant((1000,), 0.25, torch.float32, "cpu") is not a
+    assert buffers.constant((1000,), 0.5, torch.float64, "cpu").dtype == torch.float64
     a.add_(1.0)  # someone wrote into it: the next caller gets a fresh one, filled right
-    b = memory.constant((1000,), 0.5, torch.float32, "cpu")
+    b = buffers.constant((1000,), 0.5, torch.float32, "cpu")
     assert b is not a and torch.equal(b, torch.full((1000,), 0.5))
-    nan = memory.constant((3,), float("nan"), torch.float32, "cpu")
-    assert nan.isnan().all() and memory.constant((3,), float("nan"), torch.float32, "cpu") is nan
+    nan = buffers.constant((3,), float("nan"), torch.float32, "cpu")
+    assert nan.isnan().all() and buffers.constant((3,), float("nan"), torch.float32, "cpu") is nan
     for k in range(40):  # bounded
-        memory.constant((k + 1,), 0.0, torch.float32, "cpu")
-    assert len(memory._constants) <= memory._CONSTANTS_KEPT
+        buffers.constant((k + 1,), 0.0, torch.float32, "cpu")
+    assert len(buffers._constants) <= buffers._CONSTANTS_KEPT
 
 
 def test_initial_states_from_the_constant_cache_stay_correct():
