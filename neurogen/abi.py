@@ -8,7 +8,8 @@ target prints the same list, so the CUDA launch, the C++ call and the emulated c
 cannot disagree.
 """
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Tuple
+import functools
+from typing import Tuple
 
 # group: (role, dtype) -- role in/out: a pointer; scalar: a compute value by value;
 # int32/int64: an index. dtype io: the tensors' type; compute: float/double.
@@ -39,6 +40,7 @@ class Arg:
     key: str = ""
 
 
+@functools.lru_cache(maxsize=None)
 def name(group: str, key: str = "") -> str:
     """The argument name of ``(group, key)``: ``("init", "v")`` is ``init_v``."""
     prefix = _PREFIX[group]
@@ -46,10 +48,10 @@ def name(group: str, key: str = "") -> str:
 
 
 def saved_key(symbol) -> str:
-    """The key of a saved value: its symbol without neurogen's prefix (``ng_h_v`` ->
-    ``h_v``; a state's value before the step keeps the state's name)."""
-    text = str(symbol)
-    return text[3:] if text.startswith("ng_") else text
+    """The key of a saved value: its symbol's name (``ng_h_v``: ``v`` after charge; a
+    state's value before the step: the state's name). Distinct for every value, since no
+    model name may start with ``ng_``."""
+    return symbol.name
 
 
 def arg(group: str, key: str = "") -> Arg:
@@ -82,20 +84,4 @@ def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
     return tuple(out + [arg("T"), arg("N")])
 
 
-def find(args: Iterable[Arg], group: str, key: str = "") -> Arg:
-    for a in args:
-        if a.group == group and a.key == key:
-            return a
-    raise KeyError((group, key))
-
-
-def by_name(args: Iterable[Arg]) -> Dict[str, Arg]:
-    return {a.name: a for a in args}
-
-
-def keys(args: Iterable[Arg], group: str) -> List[str]:
-    return [a.key for a in args if a.group == group]
-
-
-__all__ = ["Arg", "GROUPS", "arg", "name", "saved_key", "kernel_args", "find", "by_name",
-           "keys"]
+__all__ = ["Arg", "GROUPS", "arg", "name", "saved_key", "kernel_args"]

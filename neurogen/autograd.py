@@ -8,14 +8,14 @@ the custom ops ``neurogen::multistep`` and ``neurogen::multistep_backward`` (fak
 implementations and registered autograd; torch >= 2.4), so a compiled graph holds a
 neuron layer as one opaque node. Both paths hand the incoming gradients to
 :func:`run_backward` unchanged, ``None`` for an output the loss did not use (read as
-zeros), and map its results back the same way (:func:`_grad_of_inputs`).
+zeros), and return its results for the same inputs in the same order.
 """
 import dataclasses
 from typing import List, Optional
 
 import torch
 
-from . import buffers
+from . import buffers, cache, dtypes
 from .plan import PLANS, Plan, plan_for
 
 AVAILABLE = hasattr(torch.library, "custom_op")  # torch >= 2.4
@@ -69,8 +69,8 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
     values.update(zip(names.param, tensors[n_states:]))
     grad_x = buffers.empty((T, N), **io)
     grad_init = [torch.empty(N, **io) for _ in range(n_states)]
-    compute_dtype = torch.float64 if plan.compute == "double" else torch.float32
-    grad_p = {k: torch.empty(N, dtype=compute_dtype, device=io["device"]) for k in cfg.learnable}
+    compute = dtypes.compute_dtype(plan.dtype)
+    grad_p = {k: torch.empty(N, dtype=compute, device=io["device"]) for k in cfg.learnable}
     values[names.grad_x] = grad_x
     values.update(zip(names.grad_init, grad_init))
     values.update((names.grad_param[k], g) for k, g in grad_p.items())
@@ -84,12 +84,6 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
         else:
             param_grads.append(grad_p[k])
     return grad_x, grad_init, param_grads
-
-
-def _grad_of_inputs(grad_x, grad_inits, param_grads):
-    """The gradients of ``(x_seq, *initial states, *parameter tensors)``; None for a
-    parameter that is not learnable."""
-    return (grad_x, *grad_inits, *param_grads)
 
 
 class MultiStep(torch.autograd.Function):
@@ -112,8 +106,9 @@ class MultiStep(torch.autograd.Function):
     def backward(ctx, g_spike, g_vseq, *g_finals):
         x_seq, *rest = ctx.saved_tensors
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
-        return (None, *_grad_of_inputs(*run_backward(ctx.plan, x_seq, tensors, saved,
-                                                     g_spike, g_vseq, g_finals)))
+        grad_x, grad_inits, param_grads = run_backward(ctx.plan, x_seq, tensors, saved,
+                                                       g_spike, g_vseq, g_finals)
+        return (None, grad_x, *grad_inits, *param_grads)
 
 
 def multi_step(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars,
@@ -156,9 +151,16 @@ def _compiled_plan(module, target_name, dtype, kinds, learnable, needs_grad, ten
     return plan.key, tuple(float(v) for _, v in plan.scalars)
 
 
-def _plan(key, scalars):
+@cache.memoize("compiled-call plans", maxsize=256)
+def _plan_with(key, scalars):
     plan = PLANS.by_key(key)
     return dataclasses.replace(plan, scalars=tuple(zip([n for n, _ in plan.scalars], scalars)))
+
+
+def _plan(key, scalars):
+    """The plan of a compiled call: its structure by key, its scalar values as passed (a
+    plan per distinct set of values, so its kernels and packers are made once)."""
+    return _plan_with(key, tuple(scalars))
 
 
 if AVAILABLE:
@@ -166,8 +168,6 @@ if AVAILABLE:
     def _multistep(key: str, x_seq: torch.Tensor, tensors: List[torch.Tensor],
                    scalars: List[float]) -> List[torch.Tensor]:
         outputs, saved = run_forward(_plan(key, scalars), x_seq, tensors)
-        if not PLANS.by_key(key).cfg.store_v_seq:
-            outputs[1] = x_seq.new_empty(0)
         return outputs + saved
 
     @_multistep.register_fake
@@ -217,8 +217,7 @@ if AVAILABLE:
         learnable = set(plan.cfg.learnable)
         param_grads = [g if k in learnable else None
                        for k, g in zip(plan.tensor_params, out[1 + n_states:])]
-        grad_x, *rest = _grad_of_inputs(out[0], out[1:1 + n_states], param_grads)
-        return None, grad_x, list(rest), None
+        return None, out[0], list(out[1:1 + n_states]) + param_grads, None
 
     torch.library.register_autograd("neurogen::multistep", _backward,
                                     setup_context=_setup_context)

@@ -1,14 +1,20 @@
-"""Every cache neurogen keeps, registered in one place so :func:`forget_kernels` reaches
-all of them.
+"""The caches of derived code and compiled kernels, registered in one place so that
+:func:`forget_kernels` reaches all of them.
 
-- :func:`memoize`: an ``lru_cache`` that :func:`forget_kernels` clears (derivations,
-  kernel sources, plans);
-- :class:`Memory`: a thread-safe in-process map from a key to a built object (compiled
-  kernel handles of a target);
+- :func:`memoize`: an ``lru_cache`` that :func:`forget_kernels` clears (the derivations,
+  ``config.derivation``; the plans of compiled calls);
+- :class:`Memory`: a thread-safe in-process map from a key to a built object (each kernel
+  target's sources and compiled kernels, the host compiler's loaded libraries and their
+  functions); the plan cache (``plan.PLANS``) registers itself too;
 - :class:`LibraryCache`: compiled shared libraries on disk under :func:`cache_dir`,
   keyed by source, compiler and flags, written atomically (temp file + ``os.replace``)
   and sealed with their own hash, so a truncated, corrupted or foreign file is a miss,
   never loaded. CUDA kernels use CuPy's own cubin cache underneath a :class:`Memory`.
+
+Not registered, on purpose: memoised pure functions whose answers cannot go stale (the
+algebraic rewrites, the library models' specs), the host compiler's path (keyed by
+``$CXX`` and ``$PATH``), and the CPU output buffers (:mod:`neurogen.buffers`, tensors
+with controls of their own).
 """
 import atexit
 import functools
@@ -17,29 +23,33 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Dict, List
 
 _registry: List[object] = []  # objects with .forget()
+_weak_registry = weakref.WeakSet()  # the same, for caches that die with their owner
 generation = 0  # bumped by forget_kernels(); holders of kernel handles re-fetch on change
 _lock = threading.Lock()
 
 
-def register(obj):
-    """Add ``obj`` (with a ``forget()`` method) to what :func:`forget_kernels` clears."""
-    _registry.append(obj)
+def register(obj, weak: bool = False):
+    """Add ``obj`` (with a ``forget()`` method) to what :func:`forget_kernels` clears
+    (``weak``: only while something else keeps ``obj``, e.g. a target's own caches)."""
+    (_weak_registry.add if weak else _registry.append)(obj)
     return obj
 
 
 def forget_kernels():
-    """Drop every kernel handle, kernel source, plan and derivation this process holds, as
-    if it had just started: the next call looks kernels up again (disk cache, then
-    compiler). Loaded libraries stay mapped."""
+    """Drop every kernel handle, kernel source, plan and derivation this process holds:
+    the next call derives, renders and looks kernels up again (disk cache, then compiler).
+    Loaded libraries stay mapped; plans stay findable by the key a compiled graph holds;
+    a decision taken once per process (no OpenMP with this compiler) stays."""
     global generation
     with _lock:
-        for obj in _registry:
-            obj.forget()
         generation += 1
+        for obj in list(_registry) + list(_weak_registry):
+            obj.forget()
 
 
 class _Memoized:
@@ -60,34 +70,46 @@ def memoize(name: str, maxsize=None):
 
 
 class Memory:
-    """A named, thread-safe map ``key -> object`` built on first use."""
+    """A named, thread-safe map ``key -> object`` built on first use, holding at most
+    ``maxsize`` objects (the oldest go first)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, maxsize: int = 512, weak: bool = False):
+        self.name, self.maxsize = name, maxsize
         self._items: Dict[object, object] = {}
         self._lock = threading.Lock()
         self._building: Dict[object, threading.Lock] = {}
-        register(self)
+        self._generation = 0
+        register(self, weak=weak)
 
     def get(self, key, build: Callable[[], object]):
         """The item for ``key``, built once: a second thread asking for the same key waits
-        for the first; different keys build at the same time."""
+        for the first; different keys build at the same time. An item built across a
+        :meth:`forget` is returned but not kept."""
         item = self._items.get(key)
         if item is not None:
             return item
         with self._lock:
             lock = self._building.setdefault(key, threading.Lock())
-        with lock:
-            item = self._items.get(key)
-            if item is None:
-                item = self._items[key] = build()
-        with self._lock:
-            self._building.pop(key, None)
+            generation = self._generation
+        try:
+            with lock:
+                item = self._items.get(key)
+                if item is None:
+                    item = build()
+                    with self._lock:
+                        if generation == self._generation:
+                            if len(self._items) >= self.maxsize:
+                                self._items.pop(next(iter(self._items)))
+                            self._items[key] = item
+        finally:
+            with self._lock:
+                self._building.pop(key, None)
         return item
 
     def forget(self):
         with self._lock:
             self._items.clear()
+            self._generation += 1
 
     def __len__(self):
         return len(self._items)
@@ -114,8 +136,11 @@ class LibraryCache:
         self.folder = folder
         self._fallback: Dict[Path, Path] = {}
 
+    def folder_path(self) -> Path:
+        return cache_dir() / self.folder
+
     def path(self, key: str) -> Path:
-        return cache_dir() / self.folder / f"{key}.so"
+        return self.folder_path() / f"{key}.so"
 
     @staticmethod
     def key(*parts: str) -> str:
@@ -159,13 +184,13 @@ class LibraryCache:
         return target
 
     def _fallback_path(self, key):
-        private = self._fallback.get(cache_dir() / self.folder)
+        private = self._fallback.get(self.folder_path())
         return None if private is None else private / f"{key}.so"
 
     def writable_folder(self) -> Path:
         """The cache folder, or (once warned) a private temporary folder when that one
         cannot be created or written (read-only home, a read-only $NEUROGEN_CACHE_DIR)."""
-        folder = cache_dir() / self.folder
+        folder = self.folder_path()
         if folder in self._fallback:
             return self._fallback[folder]
         try:
@@ -186,7 +211,7 @@ class LibraryCache:
     def clear(self):
         """Remove the compiled libraries (``*.so`` named by a key) and leftover
         ``.build-*`` folders; other files are left alone. Returns the paths removed."""
-        folder = cache_dir() / self.folder
+        folder = self.folder_path()
         if not folder.is_dir():
             return []
         removed = []
@@ -209,5 +234,4 @@ def _is_key(stem):
     return len(stem) == 32 and all(c in "0123456789abcdef" for c in stem)
 
 
-__all__ = ["register", "forget_kernels", "memoize", "Memory", "LibraryCache", "cache_dir",
-           "generation"]
+__all__ = ["register", "forget_kernels", "memoize", "Memory", "LibraryCache", "cache_dir"]

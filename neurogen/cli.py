@@ -12,7 +12,6 @@ from .lower import DTYPES
 from .errors import BackendUnavailableError, CompileError, SpecError
 
 KINDS = ("forward", "backward")
-LANGUAGES = ("cuda", "cpp")
 ALIASES = {"if": "IFNode", "lif": "LIFNode", "plif": "ParametricLIFNode", "qif": "QIFNode",
            "eif": "EIFNode", "cuba_lif": "CUBALIFNode", "cubalif": "CUBALIFNode",
            "izhikevich": "IzhikevichNode", "adex": "AdExNode"}
@@ -104,7 +103,9 @@ def cmd_show(args):
     saved = ", ".join(saved_name(step, y) for y in bw.saved) or "nothing"
     print(f"\nSaved per neuron-step for the backward: {saved} "
           f"({len(bw.saved) * nbytes} bytes in {args.dtype})")
-    recomputed = [f"previous {s}" for s in bw.prev] + (["x (re-read)"] if bw.needs_x else [])
+    recomputed = ([f"previous {s}" for s in bw.prev] + [saved_name(step, y) for y in bw.recompute
+                                                         if step.state_of(y) is not None]
+                  + (["x (re-read)"] if bw.needs_x else []))
     if recomputed:
         print("Recomputed in the backward: " + ", ".join(recomputed))
     print("\n" + value_plan_text(step, bw))
@@ -124,12 +125,19 @@ def _config(model, args):
 
 
 def cmd_emit(args):
-    from .targets import render
+    from . import targets
     model = load_model(args.model)
-    if args.target == "cpp" and args.dtype not in ("float32", "float64"):
-        raise SystemExit(f"neurogen: the C++ CPU kernels run float32 or float64, not "
-                         f"{args.dtype}; use --target cuda for half types")
-    print(render(model, args.target, args.kernel, args.dtype, **_config(model, args)), end="")
+    kernel_targets = [n for n in targets.names()
+                      if isinstance(targets.get(n), targets.KernelTarget)]
+    if args.target not in kernel_targets + ["cpp"]:
+        raise SystemExit(f"neurogen: --target must be one of {kernel_targets} (or cpp, the "
+                         f"cpu target's language), not {args.target!r}")
+    try:
+        text = targets.render(model, args.target, args.kernel, args.dtype,
+                              **_config(model, args))
+    except ValueError as exc:  # e.g. a dtype the target has no kernels for
+        raise SystemExit(f"neurogen: {exc}") from None
+    print(text, end="")
 
 
 def cmd_check(args):
@@ -191,13 +199,13 @@ def cmd_demo(args):
 
 def cmd_cache(args):
     from .cache import cache_dir
-    from .targets.host_compiler import clear_cache
+    from .targets.host_compiler import LIBRARIES, clear_cache
     if args.action == "path":
         print(cache_dir())
         return 0
     removed = clear_cache()
     print(f"removed {len(removed)} compiled kernel file(s) and build folder(s) from "
-          f"{cache_dir() / 'cpu'}")
+          f"{LIBRARIES.folder_path()}")
     return 0
 
 
@@ -219,7 +227,8 @@ def build_parser():
     q.set_defaults(func=cmd_show)
     q = sub.add_parser("emit", help="print the exact kernel source that runs")
     q.add_argument("model")
-    q.add_argument("--target", default="cuda", choices=LANGUAGES)
+    q.add_argument("--target", default="cuda",
+                   help="a kernel target: cuda (default), cpu (or cpp), cuda-emulated")
     q.add_argument("--kernel", default="forward", choices=KINDS)
     q.add_argument("--store-v-seq", action="store_true")
     model_opts(q)

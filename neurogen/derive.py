@@ -27,8 +27,22 @@ SG = sp.Symbol("ng_sg")
 GSPIKE = sp.Symbol("ng_gspike")
 
 
+GX = sp.Symbol("ng_gx")
+
+
 def G(s):
+    """The gradient w.r.t. state ``s`` after the step (an input of the backward step)."""
     return sp.Symbol(f"ng_g_{s}")
+
+
+def G_PREV(s):
+    """Output: the gradient w.r.t. state ``s`` before the step."""
+    return sp.Symbol(f"ng_gP_{s}")
+
+
+def G_PARAM(k):
+    """Output: this step's contribution to the gradient of parameter ``k``."""
+    return sp.Symbol(f"ng_gp_{k}")
 
 
 @dataclass
@@ -101,7 +115,7 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
                 d = sp.diff(a.expr, reads[q])
                 if d != 0:
                     adj[reads[q]] = adj.get(reads[q], 0) + g * d
-            if SPIKE in adj or a.expr.has(spike) or a.expr.has(spike_d):
+            if a.expr.has(spike) or a.expr.has(spike_d):
                 d = d_spike(a.expr)
                 if d != 0:
                     adj[SPIKE] = adj.get(SPIKE, 0) + g * d
@@ -115,11 +129,11 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
                     adj[reads[q]] = emit(f"ng_g{stage.grad_tag}_{q}", e)
     out_syms = {}
     for q in step.states:  # (the first stage's gradient names may be these already)
-        e, name = adj.get(P(q), sp.Integer(0)), f"ng_gP_{q}"
-        out_syms[name] = e if e == sp.Symbol(name) else emit(name, e)
-    out_syms["ng_gx"] = emit("ng_gx", gx)
+        e, name = adj.get(P(q), sp.Integer(0)), G_PREV(q)
+        out_syms[name.name] = e if e == name else emit(name.name, e)
+    out_syms[GX.name] = emit(GX.name, gx)
     for p in params:
-        out_syms[f"ng_gp_{p.name}"] = emit(f"ng_gp_{p.name}", gp[p])
+        out_syms[G_PARAM(p.name).name] = emit(G_PARAM(p.name).name, gp[p])
     # spike_d has the value of spike; after differentiation they are the same symbol
     named = [(sym, e.xreplace({spike_d: spike})) for sym, e in named]
     composed = {}
@@ -138,6 +152,9 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
 
 
 # ---- the value plan ----------------------------------------------------------------------
+SEARCH_LIMIT = 20000  # saved sets tried exhaustively before the greedy search takes over
+
+
 def plan_values(step: Step, used) -> dict:
     """Where the backward of step ``t`` gets each per-step value it reads (``used``: the
     symbols of the derived gradient expressions, with the surrogate's).
@@ -150,46 +167,93 @@ def plan_values(step: Step, used) -> dict:
     step, no ``x[t-1]``), the initial state at t = 0; a state no stage changes is its
     initial value at every step (**constant**).
 
-    The saved set is the smallest with which every used value has a source, found by
-    exhaustive search over the values the used ones depend on (a tie goes to the set
-    needing the least recomputing arithmetic, then to the step's order). That is the
-    minimum within this scheme: the backward of step t reads step t's and step t-1's
-    saved values and never re-runs older steps. ``neurogen show`` prints the result
-    per state; docs/performance.md describes it.
+    The values the fire expression reads are always saved (or constant): the backward
+    then computes each step's spike from the forward's own bits with the forward's own
+    expression, so it takes the spike the forward took. (A recomputed or rebuilt value
+    may differ from the forward's in the last bit: recomputing groups its arithmetic by
+    what it needs, and a rebuilt reset is a select. That is harmless in a gradient, not
+    in a threshold.)
+
+    Beyond those, the saved set is the smallest with which every used value has a
+    source: found by exhaustive search over the values the used ones depend on when at
+    most :data:`SEARCH_LIMIT` sets need trying, else greedily (then not proven smallest).
+    A tie goes to the set that does not re-read the input (a pass over [T, N] memory),
+    then to the least recomputing arithmetic, then to the step's order. Within this
+    scheme (the backward of step t reads step t's and step t-1's saved values and never
+    re-runs older steps) that is the minimum. ``neurogen show`` prints the result per
+    state; docs/performance.md describes it.
     """
     states = step.states
     constant_p = {P(s) for s in states if step.final[s] == P(s)}
     used = {spike if q == spike_d else q for q in used}
     values = set(step.defs) | {P(s) for s in states} | {step.x}
     wanted = used & values
-    candidates = _candidates(step, wanted, constant_p)
-    best = None
+    fire_reads = _reads(step.defs[U]) & values
+    forced = fire_reads - constant_p - {step.x} if _needs_fire(step, wanted, constant_p) \
+        else set()
+    candidates = [y for y in _candidates(step, wanted, constant_p) if y not in forced]
+
+    def cost(saved, result):
+        return (len(saved), result["needs_x"], sum(sp.count_ops(step.defs[y].expr)
+                                                  for y in result["recompute"]) + sum(
+            sp.count_ops(compose(step, step.final[s], saved)) for s in result["prev"]))
+
+    best, tried = None, 0
     for size in range(len(candidates) + 1):
-        if size > 4 and len(candidates) > 16:
-            break  # (never met in practice; the fallback below saves every candidate)
-        for saved in itertools.combinations(candidates, size):
-            result = _sources(step, set(saved), wanted, constant_p)
-            if result is None:
-                continue
-            # a tie: rather no re-read of the input (a pass over [T, N] memory), then the
-            # least arithmetic
-            cost = (result["needs_x"], sum(sp.count_ops(step.defs[y].expr)
-                                           for y in result["recompute"]) + sum(
-                sp.count_ops(compose(step, step.final[s], set(saved))) for s in result["prev"]))
-            if best is None or cost < best[0]:
-                best = (cost, result)
-        if best is not None:
+        for extra in itertools.combinations(candidates, size):
+            tried += 1
+            saved = forced | set(extra)
+            result, _ = _sources(step, saved, wanted, constant_p)
+            if result is not None and (best is None or cost(saved, result) < best[0]):
+                best = (cost(saved, result), result)
+            if tried > SEARCH_LIMIT:
+                break
+        if best is not None or tried > SEARCH_LIMIT:
             break
-    if best is None:
-        best = (0, _sources(step, set(candidates), wanted, constant_p))
-        assert best[1] is not None, "every candidate saved must give every value a source"
-    result = best[1]
+    result = best[1] if best is not None else _greedy(step, forced, candidates, wanted,
+                                                      constant_p)
+    saved = result["saved"]
+    # the constants the rebuilt values read (at step t-1, through its spike too)
+    constant = set(result["constant"])
+    for s in result["prev"]:
+        e = compose(step, step.final[s], saved)
+        reads = e.free_symbols | (compose(step, U, saved).free_symbols if e.has(spike) else set())
+        constant |= {q.name for q in reads & constant_p}
     order = lambda names: tuple(s for s in states if s in names)  # noqa: E731
     ordered = _order_symbols(step)
-    return dict(saved=tuple(y for y in ordered if y in result["saved"]),
-                prev=order(result["prev"]), constant=order(result["constant"]),
+    return dict(saved=tuple(y for y in ordered if y in saved),
+                prev=order(result["prev"]), constant=order(constant),
                 recompute=tuple(y for y in ordered if y in result["recompute"]),
                 needs_x=result["needs_x"])
+
+
+def _needs_fire(step, wanted, constant_p):
+    """Whether the backward computes the spike (or the fire value) of step t or t-1."""
+    def reads(y):
+        if y in step.defs:
+            return _reads(step.defs[y])
+        return [step.final[y.name]] if y.name in step.states and y not in constant_p else []
+    return U in _walk(wanted, reads)
+
+
+def _greedy(step, forced, candidates, wanted, constant_p):
+    """A small saved set found greedily (too many candidates to try every set): add the
+    candidate that leaves the fewest values without a source until none is left, then
+    drop those that turn out unnecessary."""
+    saved = set(forced)
+    while True:
+        result, missing = _sources(step, saved, wanted, constant_p)
+        if result is not None:
+            break
+        pick = min((y for y in candidates if y not in saved),
+                   key=lambda y: _sources(step, saved | {y}, wanted, constant_p)[1])
+        saved.add(pick)
+    for y in reversed([c for c in candidates if c in saved]):
+        trial, _ = _sources(step, saved - {y}, wanted, constant_p)
+        if trial is not None:
+            saved.discard(y)
+            result = trial
+    return result
 
 
 def _order_symbols(step):
@@ -240,20 +304,21 @@ def _closure(step, base, allow_x):
 
 
 def _sources(step, saved, wanted, constant_p):
-    """The sources of ``wanted`` when ``saved`` is saved, or None if some has none."""
+    """``(sources of wanted, 0)`` when ``saved`` is saved, or ``(None, how many wanted
+    values have no source)``."""
     prev_have = _closure(step, saved | constant_p, allow_x=False)
     rebuilt = {P(s) for s in step.states if P(s) not in constant_p and P(s) not in saved
                and step.final[s] in prev_have}
     now = _closure(step, saved | constant_p | rebuilt, allow_x=True)
     if not wanted <= now:
-        return None
+        return None, len(wanted - now)
     # what is actually needed: walk back from the wanted values
     need = _walk(wanted, lambda y: _reads(step.defs[y]) if y in step.defs and y not in saved
                  else ())
     return dict(saved=set(saved), prev={y.name for y in need & rebuilt},
                 constant={y.name for y in need & constant_p},
                 recompute={y for y in need if y in step.defs and y not in saved},
-                needs_x=step.x in need)
+                needs_x=step.x in need), 0
 
 
 def compose(step, expr, saved):
@@ -267,4 +332,5 @@ def compose(step, expr, saved):
     return expr.xreplace(subs).xreplace({spike_d: spike})
 
 
-__all__ = ["Backward", "derive_backward", "plan_values", "compose", "SG", "GSPIKE", "G"]
+__all__ = ["Backward", "derive_backward", "plan_values", "compose", "SG", "GSPIKE", "GX", "G",
+           "G_PREV", "G_PARAM"]

@@ -46,7 +46,8 @@ def model_latex(model) -> str:
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
-# Kernel names of the backward (derive.py) -> LaTeX; \bar{q} is dL/dq.
+# Kernel names of the backward (derive.py) -> LaTeX; \bar{q} is dL/dq. The names of the
+# stages' values and gradients come from model.stages (_stage_names).
 _BACKWARD_NAMES = [
     (re.compile(r"ng_gspike"), lambda m, n: r"\bar{%s}^{\mathrm{out}}" % n["spike"]),
     (re.compile(r"ng_gsp"), lambda m, n: r"\bar{%s}" % n["spike"]),
@@ -54,15 +55,29 @@ _BACKWARD_NAMES = [
     (re.compile(r"ng_sg"), lambda m, n: r"g'(%s)" % n["u"]),
     (re.compile(r"ng_gx"), lambda m, n: r"\bar{%s}" % n["x"]),
     (re.compile(r"ng_g_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{R}}" % _tex(m[1])),
-    (re.compile(r"ng_gV_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{A}}" % _tex(m[1])),
-    (re.compile(r"ng_gB_(\w+)"), lambda m, n: r"\bar{%s}^{\mathrm{H}}" % _tex(m[1])),
     (re.compile(r"ng_gP_(\w+)"), lambda m, n: r"\bar{%s}_{t-1}" % _tex(m[1])),
     (re.compile(r"ng_gp_(\w+)"), lambda m, n: r"\bar{%s}" % _tex(m[1])),
-    (re.compile(r"ng_h_(\w+)"), lambda m, n: r"H_{%s}" % _tex(m[1])),
-    (re.compile(r"ng_a_(\w+)"), lambda m, n: r"A_{%s}" % _tex(m[1])),
     (re.compile(r"ng_u"), lambda m, n: n["u"]),
     (re.compile(r"sg_(\w+)"), lambda m, n: r"%s_{\mathrm{sg}}" % _tex(m[1])),
 ]
+
+
+def _stage_names(model):
+    """LaTeX of each stage's values (``ng_h_v``: ``H_v``) and of the gradients of the values
+    a stage reads (``ng_gB_v``: ``\bar{v}^{H}``, after the stage before it)."""
+    from .stages import StateStage
+    out, before = [], None
+    for stage in model.stages:
+        if stage.grad_tag is not None:
+            mark = before.upper() if before else "0"
+            out.append((re.compile(rf"ng_g{stage.grad_tag}_(\w+)"),
+                        lambda m, n, mark=mark: r"\bar{%s}^{\mathrm{%s}}" % (_tex(m[1]), mark)))
+        if isinstance(stage, StateStage) and stage.tag:
+            tag = stage.tag.upper()
+            out.append((re.compile(rf"ng_{stage.tag}_(\w+)"),
+                        lambda m, n, tag=tag: r"%s_{%s}" % (tag, _tex(m[1]))))
+            before = stage.tag
+    return out
 
 
 def _tex(name):
@@ -75,8 +90,9 @@ def _backward_symbol_names(model, symbols):
     n = {"spike": spikes[spike], "x": _tex(model.input_name),
          "u": r"u_{\mathrm{fire}}" if "u" in taken else "u"}
     out = dict(spikes)
+    patterns = _stage_names(model) + _BACKWARD_NAMES
     for sym in symbols:
-        for pattern, tex in _BACKWARD_NAMES:
+        for pattern, tex in patterns:
             m = pattern.fullmatch(sym.name)
             if m:
                 out[sym] = tex(m, n)

@@ -17,7 +17,6 @@ import sympy as sp
 from .abi import Arg
 
 NEURON, STEP, PREV, LAST, ZERO = "neuron", "step", "prev", "last", "zero"
-POSITIONS = (NEURON, STEP, PREV, LAST, ZERO)
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,6 @@ class KernelIR:
     carried: List[str] = field(default_factory=list)    # variables living across steps
     constants: List[str] = field(default_factory=list)  # per-neuron constants read in the loop
 
-    @property
-    def reverse(self) -> bool:
-        return self.first is not None
-
     def sections(self):
         return [("uniform", self.uniform), ("per_neuron", self.per_neuron),
                 ("before", self.before), ("step", self.step), ("first", self.first or []),
@@ -123,4 +118,4 @@ def writes(st: Statement) -> Optional[str]:
 
 
 __all__ = ["Load", "Let", "Set", "Store", "Statement", "KernelIR", "dump", "reads", "writes",
-           "NEURON", "STEP", "PREV", "LAST", "ZERO", "POSITIONS"]
+           "NEURON", "STEP", "PREV", "LAST", "ZERO"]

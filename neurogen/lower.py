@@ -5,30 +5,25 @@ Language-free work happens here: common subexpressions (``ng_c<n>``), loop-invar
 parameter math hoisted into ``uniform`` or ``per_neuron`` constants (``ng_k<n>``), the
 backward's linear gradient factors collected into multiply-adds and its rebuilt
 spike-dependent resets turned into selects (:mod:`neurogen.rewrite`). The forward keeps
-the equations' own arithmetic, so the backward's recomputed values equal the forward's.
+the equations' own arithmetic; the backward's spikes come from saved values through the
+same fire statement (:func:`neurogen.derive.plan_values`), while its other recomputed
+values may differ from the forward's in the last bit.
 """
 import hashlib
 from typing import List
 
 import sympy as sp
 
-from . import abi
+from . import abi, dtypes
 from .config import KernelConfig, derivation
-from .derive import GSPIKE, SG, G, compose
+from .derive import G_PARAM, G_PREV, GSPIKE, GX, SG, G, compose
 from .ir import LAST, NEURON, PREV, STEP, ZERO, KernelIR, Let, Load, Set, Store
 from .rewrite import Hoister, collect_linear, spike_select
 from .spec.model import NeuronModel, spike, spike_d
 from .stages import SPIKE, U, P
 
-DTYPES = ("float32", "float64", "float16", "bfloat16")
+DTYPES = dtypes.ALL
 PSPIKE, PU = sp.Symbol("ng_pspike"), sp.Symbol("ng_pu")
-
-
-def compute_type(dtype: str) -> str:
-    """The arithmetic type of a kernel whose tensors are ``dtype``."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}")
-    return "double" if dtype == "float64" else "float"
 
 
 def select(u) -> sp.Expr:
@@ -102,7 +97,7 @@ def _stage_lets(b: _Builder, step, assignments) -> list:
     return out
 
 
-def _forward(model, step, bw, cfg, b, args):
+def _forward(model, step, bw, cfg, b):
     name = abi.name
     body = [Load(model.input_name, name("x"), STEP)]
     body += _stage_lets(b, step, list(step.assignments))
@@ -118,7 +113,7 @@ def _forward(model, step, bw, cfg, b, args):
     return dict(before=before, step=body, after=after, carried=list(model.state_names))
 
 
-def _backward(model, step, bw, cfg, b, args):
+def _backward(model, step, bw, cfg, b):
     name, states = abi.name, model.state_names
     sv = {y: sp.Symbol(f"ng_sv_{abi.saved_key(y)}") for y in bw.saved}
     before = [Load(str(G(s)), name("grad_final", s), NEURON, "var") for s in states]
@@ -149,18 +144,17 @@ def _backward(model, step, bw, cfg, b, args):
         if bw.needs_x:
             out.append(Load(model.input_name, name("x"), STEP))
         out += _stage_lets(b, step, [step.defs[y] for y in bw.recompute])
-        if bw.surrogate is not None:
-            out += b.lets([(SG, bw.surrogate)])
+        if bw.surrogate is not None:  # one statement (a target may compute it apart)
+            out += b.lets([(SG, bw.surrogate)], cse=False)
         if cfg.grad_v_seq:
             out.append(Load("ng_gvseq", name("grad_v_seq"), STEP))
             out.append(Set(str(G(model.v_name)), sp.Symbol("ng_gvseq"), accumulate=True))
         out.append(Load(str(GSPIKE), name("grad_spike"), STEP))
         out += b.lets([(sp.Symbol(n), collect_linear(e, b.invariant))
                        for n, e in bw.outputs.items()])
-        out.append(Store(name("grad_x"), STEP, sp.Symbol("ng_gx")))
-        out += [Set(f"ng_acc_{k}", sp.Symbol(f"ng_gp_{k}"), accumulate=True)
-                for k in bw.learnable]
-        out += [Set(str(G(s)), sp.Symbol(f"ng_gP_{s}")) for s in states]
+        out.append(Store(name("grad_x"), STEP, GX))
+        out += [Set(f"ng_acc_{k}", G_PARAM(k), accumulate=True) for k in bw.learnable]
+        out += [Set(str(G(s)), G_PREV(s)) for s in states]
         return out
 
     inner, first = body(False), body(True)
@@ -174,14 +168,14 @@ def _backward(model, step, bw, cfg, b, args):
 
 def lower(model: NeuronModel, kind: str, dtype: str, cfg: KernelConfig) -> KernelIR:
     """The IR of ``model``'s ``forward`` or ``backward`` kernel for tensors of ``dtype``."""
-    compute = compute_type(dtype)
+    compute = dtypes.compute_type(dtype)
     step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
     args = abi.kernel_args(model, kind, cfg, bw)
     b = _Builder(model, cfg)
     if kind == "forward":
-        parts = _forward(model, step, bw, cfg, b, args)
+        parts = _forward(model, step, bw, cfg, b)
     elif kind == "backward":
-        parts = _backward(model, step, bw, cfg, b, args)
+        parts = _backward(model, step, bw, cfg, b)
     else:
         raise ValueError(f"kernel kind must be 'forward' or 'backward', not {kind!r}")
     uniform, per_neuron, names = b.constants()
@@ -192,4 +186,4 @@ def lower(model: NeuronModel, kind: str, dtype: str, cfg: KernelConfig) -> Kerne
                     per_neuron=per_neuron, constants=names, **parts)
 
 
-__all__ = ["lower", "compute_type", "select", "DTYPES"]
+__all__ = ["lower", "select", "DTYPES"]

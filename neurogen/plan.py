@@ -14,13 +14,11 @@ from typing import Dict, Tuple
 
 import torch
 
-from . import abi, cache
+from . import abi, cache, dtypes, targets
 from .config import KernelConfig, backward_of, make_config
 from .spec.model import NeuronModel
 from .targets.base import KernelTarget
 
-TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64",
-                torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class Plan:
 
     @property
     def compute(self) -> str:
-        return "double" if self.dtype == "float64" else "float"
+        return dtypes.compute_type(self.dtype)
 
     @property
     def key(self) -> str:
@@ -64,9 +62,6 @@ class Plan:
             cfg = self._memo[grad_v_seq] = dataclasses.replace(self.cfg, grad_v_seq=grad_v_seq)
         return cfg
 
-    def args(self, kind: str, cfg: KernelConfig):
-        return abi.kernel_args(self.model, kind, cfg, self.backward_info())
-
     @property
     def names(self) -> "Names":
         """The argument names a call binds, spelled once per plan (abi.name)."""
@@ -83,9 +78,10 @@ class Plan:
         key = (kind, cfg.grad_v_seq, device)
         entry = self._kernels.get(key)
         if entry is None or entry[2] != cache.generation:
+            generation = cache.generation  # read first: a forget during the build wins
             kernel = self.target.kernel(self.model, kind, self.dtype, cfg, device)
             packer = self.target.packer(kernel.ir.args, dict(self.scalars), self.compute)
-            entry = self._kernels[key] = (kernel, packer, cache.generation)
+            entry = self._kernels[key] = (kernel, packer, generation)
         kernel, packer, _ = entry
         self.target.launch(kernel, packer(values), n, T, device)
 
@@ -145,11 +141,18 @@ class _Plans:
     def forget(self):
         self._plans.clear()  # _by_key stays: compiled graphs name their plans by key
 
+    def drop_target(self, name: str):
+        """Forget every plan of the target ``name`` (re-registered or removed)."""
+        with self._lock:
+            self._plans = {k: p for k, p in self._plans.items() if p.target.name != name}
+            self._by_key = {k: p for k, p in self._by_key.items() if p.target.name != name}
+
     def __len__(self):
         return len(self._plans)
 
 
 PLANS = _Plans()
+targets.on_change(PLANS.drop_target)
 
 
 def classify(params, shape, compute):
@@ -209,8 +212,8 @@ def run_kernels(target, module, x_seq, states, params):
     model = module.model
     T, shape = x_seq.shape[0], x_seq.shape[1:]
     N = math.prod(shape)
-    dtype = TORCH_DTYPES[x_seq.dtype]
-    compute = torch.float64 if dtype == "float64" else torch.float32
+    dtype = dtypes.name(x_seq.dtype)
+    compute = dtypes.compute_dtype(dtype)
     scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
     needs_grad = torch.is_grad_enabled() and (
         x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
@@ -230,4 +233,4 @@ def as_shape(t, shape):
     return t if t.shape == tuple(shape) else t.reshape(shape)
 
 
-__all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "as_shape", "TORCH_DTYPES"]
+__all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "as_shape"]

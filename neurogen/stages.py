@@ -51,19 +51,20 @@ class Stage:
         value entering this stage."""
         raise NotImplementedError
 
-    def canonical(self) -> str:
-        """Deterministic text of the stage's definition (part of the spec hash when the
-        stage list is not the default one)."""
-        eqs = getattr(self, "_equations", {})
-        text = ";".join(f"{s}={sp.srepr(e)}" for s, e in eqs.items())
-        return f"{type(self).__name__}({self.name},{self.tag},{text})"
+    def canonical(self, model) -> str:
+        """Deterministic text of what the stage does in ``model`` (part of the spec hash
+        when the stage list is not the default one)."""
+        eqs = ";".join(f"{s}={sp.srepr(e)}" for s, e in self.equations(model).items())
+        return (f"{type(self).__module__}.{type(self).__qualname__}({self.name},{self.tag},"
+                f"{self.grad_tag},{self.reads_spike},{eqs})")
 
 
 class StateStage(Stage):
     """A stage that gives states new values: ``state <- expression`` for each equation,
     all read from the values entering the stage (simultaneous).
 
-    The model's groups are ``StateStage("charge", "h", "P", group="charge")`` and so on;
+    The model's groups are ``StateStage("adaptation", "a", "B", group="adaptation")`` and
+    so on;
     a stage of one's own passes ``equations={"v": "0.9 * v"}`` instead of ``group``.
     """
 
@@ -85,11 +86,6 @@ class StateStage(Stage):
                             f"{sorted(unknown)}; states are {list(model.state_names)}")
         return {s: self._equations[s] for s in model.state_names if s in self._equations}
 
-    def canonical(self):
-        if self.group is not None:
-            return f"StateStage({self.name},{self.tag},group={self.group})"
-        return super().canonical()
-
     def __repr__(self):
         return f"StateStage({self.name!r})"
 
@@ -105,11 +101,34 @@ class FireStage(Stage):
     def fire(self, model) -> sp.Expr:
         return model.fire
 
-    def canonical(self):
-        return "FireStage"
+    def canonical(self, model):
+        return (f"{type(self).__module__}.{type(self).__qualname__}"
+                f"({sp.srepr(self.fire(model))})")
 
     def __repr__(self):
         return "FireStage()"
+
+
+_RESERVED_TAGS = {"g", "sv", "acc", "c", "k", "p"}  # (names the derivation and lowering use)
+
+
+def _check_tags(stages):
+    """Stage tags name symbols (``ng_<tag>_v``, ``ng_g<grad_tag>_v``): they must be
+    distinct and clash with no name neurogen makes itself."""
+    tags = [st.tag for st in stages if st.tag]
+    grads = [st.grad_tag for st in stages if st.grad_tag]
+    if len(tags) != len(set(tags)) or len(grads) != len(set(grads)):
+        raise SpecError(f"stage tags must be distinct, got tags {tags} and gradient tags {grads}")
+    for st in stages:
+        if st.tag and (not st.tag.isalpha() or not st.tag.islower() or st.tag in _RESERVED_TAGS):
+            raise SpecError(f"stage {st.name!r}: tag {st.tag!r} must be lower-case letters and "
+                            f"not one of {sorted(_RESERVED_TAGS)}")
+        if st.grad_tag and (not st.grad_tag.isalpha() or not st.grad_tag.isupper()):
+            raise SpecError(f"stage {st.name!r}: gradient tag {st.grad_tag!r} must be "
+                            "upper-case letters")
+    if "P" in grads:
+        raise SpecError("the gradient tag 'P' is taken: ng_gP_<s> are the gradients of the "
+                        "previous states")
 
 
 def _expr(value, where):
@@ -117,7 +136,7 @@ def _expr(value, where):
     return _to_expr(value, where)
 
 
-CHARGE = StateStage("charge", "h", "P", group="charge")
+CHARGE = StateStage("charge", "h", None, group="charge")  # its gradients: the outputs ng_gP
 ADAPTATION = StateStage("adaptation", "a", "B", group="adaptation")
 FIRE = FireStage()
 RESET = StateStage("reset", "r", None, group="reset", reads_spike=True)
@@ -153,9 +172,7 @@ class Step:
         self.reads: List[Dict[str, sp.Symbol]] = []
         self.assignments: List[Assignment] = []
         fired = False
-        tags = [st.tag for st in self.stages if st.tag]
-        if len(tags) != len(set(tags)):
-            raise SpecError(f"stage tags must be distinct, got {tags}")
+        _check_tags(self.stages)
         for k, stage in enumerate(self.stages):
             self.reads.append(dict(cur))
             to_cur = {P(s): cur[s] for s in self.states}
@@ -180,9 +197,6 @@ class Step:
 
     def stage_assignments(self, k: int) -> List[Assignment]:
         return [a for a in self.assignments if a.stage == k]
-
-    def fire_index(self) -> int:
-        return next(k for k, st in enumerate(self.stages) if isinstance(st, FireStage))
 
     def state_of(self, sym) -> Optional[str]:
         """The state a value symbol belongs to (its previous value or a stage's new value)."""

@@ -245,3 +245,29 @@ def test_cache_clear_then_rebuild(cache, capsys):
     node.reset()
     assert torch.equal(node(x), first)
     assert list((cache / "cpu").glob("*.so"))
+
+
+# ---- the in-process cache (cache.Memory) ----------------------------------------------------
+def test_memory_builds_once_per_key_and_drops_what_a_forget_overtook():
+    import threading
+    memory = ng_cache.Memory("test", maxsize=2)
+    builds = []
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        builds.append("slow")
+        started.set()
+        release.wait(10)
+        return "stale"
+    t = threading.Thread(target=lambda: memory.get("k", slow))
+    t.start()
+    started.wait(10)
+    memory.forget()            # e.g. forget_kernels() while a kernel compiles
+    release.set()
+    t.join()
+    assert memory.get("k", lambda: "fresh") == "fresh"  # the stale build was not kept
+    with pytest.raises(ZeroDivisionError):
+        memory.get("bad", lambda: 1 / 0)
+    assert memory.get("bad", lambda: "ok") == "ok"      # a failed build leaves nothing
+    memory.get("third", lambda: 3)
+    assert len(memory) == 2                             # bounded: the oldest went

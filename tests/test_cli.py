@@ -287,7 +287,9 @@ def test_show_with_options(capsys):
      "bad surrogate 'Sigmoid(beta=2)' (Sigmoid takes ['alpha'], not ['beta'])"),
     (["show", "lif", "--surrogate", "ATan(alpha)"], 2, "write e.g. 'ATan(alpha=2.0)'"),
     (["emit", "lif", "--target", "cpp", "--dtype", "float16"], 1,
-     "the C++ CPU kernels run float32 or float64, not float16"),
+     "the C++ CPU kernels support float32, float64, bfloat16, not float16"),
+    (["emit", "lif", "--target", "tpu"], 1, "--target must be one of ['cpu', 'cuda', "
+                                            "'cuda-emulated']"),
 ])
 def test_mistakes_are_explained(argv, code, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(user_files(tmp_path))

@@ -71,7 +71,7 @@ def test_izhikevich_saves_only_the_charged_v():
     assert bw.saved == (sp.Symbol("ng_h_v"),)   # h alone; v[t-1] is rebuilt from h[t-1]
     assert bw.prev == ("v",) and not bw.needs_x
     names = [a.name for a in abi.kernel_args(model, "forward", cfg, bw) if a.role == "out"]
-    assert names == ["spike_seq", "final_v", "final_w", "saved_h_v"]
+    assert names == ["spike_seq", "final_v", "final_w", "saved_ng_h_v"]
 
 
 def test_learnable_tau_needs_more_saved_values(adex):
@@ -141,10 +141,76 @@ def test_hard_reset_becomes_a_select_that_keeps_nan():
     for sv in (0, 1):
         _same(new.args[1 - sv].expr.replace(ZeroTimes, lambda q: 0), reset.subs(s_, sv), [h, r])
     src = izhikevich_spec().cpp_source("backward", "float32")
-    assert "((ng_pu >= 0.0F) ? (v_reset + (ng_sv_h_v*0.0F)) : (ng_sv_h_v))" in src
+    assert "((ng_pu >= 0.0F) ? (v_reset + (ng_sv_ng_h_v*0.0F)) : (ng_sv_ng_h_v))" in src
     assert "ng_pspike" not in src   # the 0/1 weight is no longer made
 
 
 def test_spike_jump_stays_a_product():
     jump = r * s_ + h   # w + b * spike: one multiply-add, cheaper than a select
     assert spike_select(jump, s_, u, INVARIANT) == jump
+
+
+# ---- the value plan: rules found by review (issue 18) ---------------------------------------
+def _plan(model, detach=False, learnable=()):
+    return derivation(model, ng.surrogate.Sigmoid(), detach, tuple(learnable))[1]
+
+
+def test_what_fire_reads_is_saved_never_recomputed():
+    # v's and c's charged values could be rebuilt from x alone, but the spike must come
+    # from the forward's own bits: both are saved
+    m = ng.NeuronModel("two", states={"v": 0.0, "c": 0.0}, params={"a": 0.5, "b": 0.3},
+                       charge={"v": "v*b + x*a + x*x - 1", "c": "x*a + x*x + b"},
+                       fire="v + c - 1", reset={"v": "(1 - spike_d) * v"})
+    bw = _plan(m)
+    assert set(bw.saved) == {sp.Symbol("ng_h_v"), sp.Symbol("ng_h_c")}
+    assert sp.Symbol("ng_h_c") not in bw.recompute
+
+
+def test_a_constant_read_only_by_a_rebuild_is_loaded():
+    m = ng.NeuronModel("rebuild_c", states={"v": 0.0, "c": 0.5}, params={"tau": 2.0},
+                       charge={"v": "v + (v*v + x)/tau"}, fire="v - 1",
+                       reset={"v": "(1 - spike_d)*v + spike_d*c"})
+    bw = _plan(m, detach=True)
+    assert bw.prev == ("v",) and bw.constant == ("c",) and bw.needs_init == ("v", "c")
+    assert "init_c" in m.cuda_source("backward", detach_reset=True)
+
+
+def test_saved_names_cannot_collide():
+    # a state named h_v beside v's charged value ng_h_v
+    m = ng.NeuronModel("clash_h", states={"v": 0.0, "h_v": 0.5}, params={"tau": 2.0},
+                       charge={"v": "v + (x - v * h_v) / tau"}, fire="v - 1",
+                       reset={"v": "(1 - spike_d) * v", "h_v": "h_v * (1 + 0.1 * spike)"})
+    bw = _plan(m, learnable=("tau",))
+    names = [a.name for a in abi.kernel_args(m, "backward", make_config(m, learnable=("tau",)), bw)]
+    assert len(names) == len(set(names))
+    assert {"saved_ng_h_v", "saved_h_v"} <= set(names)
+
+
+def test_many_states_use_the_greedy_search_and_stay_small():
+    import time
+    sts = ["v", "a", "b", "c", "d"]
+    m = ng.NeuronModel(
+        "five", states={s: 0.0 for s in sts}, params={"k": 0.5},
+        charge={s: f"{s}*k + tanh({sts[(i + 1) % 5]}) + x" for i, s in enumerate(sts)},
+        adaptation={s: f"{s}*k + 0.1*tanh({sts[(i + 2) % 5]})" for i, s in enumerate(sts)},
+        fire=" + ".join(sts) + " - 1",
+        reset={s: f"{s}*(1 - spike_d) + 0.1*spike*{s}" for s in sts})
+    t0 = time.perf_counter()
+    bw = _plan(m)
+    assert time.perf_counter() - t0 < 30
+    assert len(bw.saved) == 5  # one per state (fire reads every adapted value)
+
+
+def test_the_greedy_search_finds_the_small_plans_too(monkeypatch, adex):
+    from neurogen import derive
+    from neurogen.neuron import LIBRARY
+    models = [cls.spec for cls in LIBRARY.values()] + [adex]
+    exhaustive = {m.name: _plan(m, learnable=m.param_names[:3]) for m in models}
+    monkeypatch.setattr(derive, "SEARCH_LIMIT", 0)
+    derivation.cache_clear()
+    try:
+        for m in models:
+            greedy = _plan(m, learnable=m.param_names[:3])
+            assert len(greedy.saved) == len(exhaustive[m.name].saved), m.name
+    finally:
+        derivation.cache_clear()

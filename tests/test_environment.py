@@ -79,3 +79,13 @@ def test_every_template_file_is_package_data():
     assert files
     unpackaged = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert not unpackaged, f"not in package-data: {unpackaged}"
+
+
+def test_auto_takes_the_compiler_once_it_is_there(monkeypatch):
+    x = torch.rand(3, 4)
+    monkeypatch.setenv("CXX", "no-such-compiler-neurogen")
+    warn_once.__defaults__[0].clear()
+    with pytest.warns(RuntimeWarning, match="falling back to the torch backend"):
+        assert ng.targets.resolve("auto", x).name == "torch"
+    monkeypatch.delenv("CXX")  # the compiler is back: no forget_kernels needed
+    assert ng.targets.resolve("auto", x).name == "cpu"

@@ -220,3 +220,50 @@ def test_a_stage_before_fire_may_not_read_the_spike():
     base = ng.neuron.LIFNode.spec
     with pytest.raises(ng.SpecError, match="early equation of 'v' uses the spike"):
         base.with_stages((early,) + base.stages)
+
+
+PRE = stages.StateStage("pre", "q", "Q", equations={"v": "0.9 * v + 0.05 * tanh(w)"})
+
+
+@needs_cxx
+def test_a_stage_before_charge_runs_on_every_target(numpy_target):
+    base = ng.neuron.IzhikevichNode.spec.replace(params={
+        **ng.neuron.IzhikevichNode.spec.defaults, "a": 0.3, "b": 0.2})
+    model = base.with_stages((PRE,) + base.stages)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(8, 10, generator=gen, dtype=torch.float64) * 2
+    init = {s: torch.rand(10, generator=gen, dtype=torch.float64) * 0.3
+            for s in model.state_names}
+    compare(model, x, ["cpu", "cuda-emulated", "test-numpy"], params=dict(model.defaults),
+            init=init, learnable=("tau", "a"))
+
+
+def test_stage_lists_are_told_apart_by_what_they_do():
+    class HalfFire(stages.FireStage):
+        def fire(self, model):
+            return model.fire - sp.Rational(1, 2)
+    base = ng.neuron.LIFNode.spec
+    a = base.with_stages(base.stages[:2] + (HalfFire(),) + base.stages[3:])
+    assert a != base and a.spec_hash != base.spec_hash
+    # an equal list of new objects is the default list: the model stays the library's
+    same = base.with_stages([stages.StateStage("charge", "h", None, group="charge")]
+                            + list(base.stages[1:]))
+    assert same == base and same.to_dict() == base.to_dict()
+    with pytest.raises(ng.SpecError, match="tag 'g'"):
+        base.with_stages(base.stages + (stages.StateStage("x", "g", None, equations={}),))
+
+
+def test_re_registering_a_target_drops_its_plans(numpy_target):
+    node = ng.neuron.LIFNode(step_mode="m", backend="test-numpy")
+    x = torch.rand(3, 4, dtype=torch.float64) * 3
+    first = node(x)
+    ng.targets.register(NumpyTarget())  # a new object under the same name
+    try:
+        from neurogen.plan import PLANS
+        assert all(p.target.name != "test-numpy" for p in PLANS._plans.values())
+        node.reset()
+        assert torch.equal(node(x), first)
+        assert all(p.target is ng.targets.get("test-numpy") for p in PLANS._plans.values()
+                   if p.target.name == "test-numpy")
+    finally:
+        ng.targets.register(numpy_target)

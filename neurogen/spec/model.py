@@ -254,7 +254,7 @@ class NeuronModel:
         lines.append(f"fire={sp.srepr(self.fire)}")
         custom = self.__dict__.get("_stages")
         if custom is not None:  # the default list adds nothing: existing hashes stay
-            lines.append("stages=" + ";".join(st.canonical() for st in custom))
+            lines.append("stages=" + ";".join(st.canonical(self) for st in custom))
         return "\n".join(lines)
 
     @property
@@ -297,7 +297,7 @@ class NeuronModel:
                           charge=dict(self.charge), adaptation=dict(self.adaptation),
                           fire=self.fire, reset=dict(self.reset), input=self.input_name,
                           doc=self.doc)
-        if stages != DEFAULT:
+        if [st.canonical(out) for st in stages] != [st.canonical(out) for st in DEFAULT]:
             out.__dict__["_stages"] = stages
         out._check_stage_symbols()
         Step(out)  # every stage's equations exist and read what they may

@@ -12,13 +12,13 @@ True
 """
 from typing import Dict, List
 
-from .. import cache
 from ..errors import BackendUnavailableError, warn_once
 from .base import Kernel, KernelTarget, Target
 
 _TARGETS: Dict[str, Target] = {}
 _ALIASES: Dict[str, str] = {}
-_RESOLVED = cache.Memory("resolved targets")  # (name, device type, dtype) -> target
+_RANKED: List[Target] = []  # the targets "auto" tries, in order
+_LISTENERS: List = []
 
 
 def register(target: Target) -> Target:
@@ -30,7 +30,7 @@ def register(target: Target) -> Target:
     _TARGETS[target.name] = target
     for alias in target.aliases:
         _ALIASES[alias] = target.name
-    _RESOLVED.forget()
+    _changed(target.name)
     return target
 
 
@@ -38,7 +38,20 @@ def unregister(name: str):
     target = _TARGETS.pop(name)
     for alias in target.aliases:
         _ALIASES.pop(alias, None)
-    _RESOLVED.forget()
+    _changed(name)
+
+
+def on_change(listener):
+    """Call ``listener(name)`` whenever the target ``name`` is (re)registered or removed
+    (the plan cache drops the plans bound to the old object)."""
+    _LISTENERS.append(listener)
+
+
+def _changed(name):
+    _RANKED[:] = sorted((t for t in _TARGETS.values() if t.auto_rank is not None),
+                        key=lambda t: t.auto_rank)
+    for listener in _LISTENERS:
+        listener(name)
 
 
 def names() -> List[str]:
@@ -69,19 +82,13 @@ def resolve(name: str, x) -> Target:
     """The target a call with input ``x`` runs on: the named one (checked against ``x``,
     with a typed error), or for ``"auto"`` the first by ``auto_rank`` that takes ``x``. A
     target passed over for a reason the user may want to fix (no CuPy for a CUDA tensor,
-    no compiler, a dtype its kernels lack) is named in a one-time warning. The answer is
-    kept per device type and dtype until :func:`neurogen.forget_kernels`."""
-    return _RESOLVED.get((name, x.device.type, x.dtype), lambda: _resolve(name, x))
-
-
-def _resolve(name, x):
+    no compiler, a dtype its kernels lack) is named in a one-time warning. Decided on
+    every call (a few microseconds), so a compiler or package that appears later is used."""
     if name != "auto":
         target = get(name)
         target.check(x)
         return target
-    ranked = sorted((t for t in _TARGETS.values() if t.auto_rank is not None),
-                    key=lambda t: t.auto_rank)
-    for target in ranked:
+    for target in _RANKED:
         why = target.auto_refusal(x)
         if why is None:
             return target
@@ -92,9 +99,10 @@ def _resolve(name, x):
 
 def render(model, target: str = "cuda", kind: str = "forward", dtype: str = "float32",
            **options) -> str:
-    """The source text of one kernel of ``model`` exactly as ``target`` compiles it
-    (``"cuda"``, ``"cuda-emulated"``, ``"cpu"`` or its language's name ``"cpp"``);
-    ``options`` are :class:`neurogen.config.KernelConfig` fields."""
+    """The source text of one kernel of ``model`` as ``target`` renders it (``"cuda"``,
+    ``"cuda-emulated"``: the same CUDA text, which it compiles between a shim and a
+    launcher; ``"cpu"`` or its language's name ``"cpp"``); ``options`` are
+    :class:`neurogen.config.KernelConfig` fields."""
     from ..config import make_config
     cfg = make_config(model, **options)
     target = get("cpu" if target == "cpp" else target)

@@ -73,8 +73,8 @@ class KernelTarget(Target):
     """A target that runs generated forward and backward kernels."""
 
     def __init__(self):
-        self._sources = cache.Memory(f"{self.name} sources")
-        self._kernels = cache.Memory(f"{self.name} kernels")
+        self._sources = cache.Memory(f"{self.name} sources", weak=True)
+        self._kernels = cache.Memory(f"{self.name} kernels", weak=True)
 
     # ---- what a subclass provides --------------------------------------------------
     def render(self, ir: KernelIR) -> str:
@@ -90,8 +90,9 @@ class KernelTarget(Target):
         argument list as ``[(kind, value)]`` (:class:`ArgPacker`)."""
         raise NotImplementedError
 
-    def device_key(self, device):
-        """What distinguishes compiled kernels between devices (None: one for all)."""
+    def kernel_key(self, device):
+        """What besides the source distinguishes compiled kernels: the device, the
+        compiler... (None: nothing)."""
         return None
 
     def packer(self, args, fixed: Dict[str, float], compute: str):
@@ -113,7 +114,7 @@ class KernelTarget(Target):
         def build():
             ir, text = self.source(model, kind, dtype, cfg)
             return self.compile(ir, text, device)
-        return self._kernels.get((model, kind, dtype, cfg, self.device_key(device)), build)
+        return self._kernels.get((model, kind, dtype, cfg, self.kernel_key(device)), build)
 
     def run(self, module, x_seq, states, params):
         from ..plan import run_kernels

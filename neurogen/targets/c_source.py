@@ -4,6 +4,7 @@ Jinja2 environment of the templates, and the C form of an argument list.
 The templates receive plain strings and lists; all arithmetic is printed here by
 :class:`neurogen.printer.KernelPrinter` in the kernel's compute type.
 """
+from dataclasses import dataclass
 from typing import Dict, List
 
 import jinja2
@@ -26,15 +27,26 @@ env = jinja2.Environment(
     keep_trailing_newline=True)
 env.globals.update(math_unary=MATH_UNARY, math_binary=MATH_BINARY)
 
+@dataclass(frozen=True)
+class LaunchArg:
+    """A target's own argument after (or before) the kernel's ABI: its name, its C
+    declaration type and how a launcher packs its value (i64, i32, u32, ptr)."""
+    name: str
+    ctype: str
+    kind: str
+
+
 INDEX = {NEURON: "ng_i", STEP: "ng_ti", PREV: "ng_ti - ng_N",
          LAST: "(ng_int64)(ng_T - 1) * ng_N + ng_i", ZERO: "0"}
 
 
 def signature(args: List[Arg]) -> List[str]:
-    """C parameter declarations of ``args`` (the ABI, then a target's own)."""
+    """C parameter declarations of ``args`` (ABI arguments and a target's own)."""
     out = []
     for a in args:
-        if a.role in ("in", "out"):
+        if isinstance(a, LaunchArg):
+            out.append(f"{a.ctype} {a.name}")
+        elif a.role in ("in", "out"):
             ctype = "io_t" if a.dtype == "io" else "compute_t"
             const = "const " if a.role == "in" else ""
             out.append(f"{const}{ctype}* __restrict__ {a.name}")
@@ -42,10 +54,8 @@ def signature(args: List[Arg]) -> List[str]:
             out.append(f"const compute_t {a.name}")
         elif a.role == "int32":
             out.append(f"const int {a.name}")
-        elif a.role == "int64":
+        else:
             out.append(f"const ng_int64 {a.name}")
-        else:  # a target's own: the role is its C type
-            out.append(f"{a.role} {a.name}")
     return out
 
 
@@ -89,5 +99,5 @@ def header_context(ir, language: str, types) -> dict:
                 store_io=store, name=ir.name)
 
 
-__all__ = ["env", "signature", "CLines", "header_context", "INDEX", "MATH_UNARY",
-           "MATH_BINARY"]
+__all__ = ["env", "signature", "CLines", "LaunchArg", "header_context", "INDEX",
+           "MATH_UNARY", "MATH_BINARY"]

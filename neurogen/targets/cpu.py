@@ -13,12 +13,13 @@ from typing import List, Optional
 
 import sympy as sp
 
-from ..abi import Arg
+from .. import dtypes
+from ..derive import SG
 from ..ir import Let, Load, Set, reads, writes
 from ..spec.functions import sigmoid, sigmoid_grad
 from . import host_compiler
 from .base import Kernel, KernelTarget
-from .c_source import CLines, env, header_context, signature
+from .c_source import CLines, LaunchArg, env, header_context, signature
 
 TYPES = {  # dtype: (C type of tensors, compute type, load, store)
     "float32": ("float", "float", "value", "value"),
@@ -36,11 +37,11 @@ BLOCK = 32768
 ARRAY_BUDGET = 512 << 10
 # The launcher's own arguments, after the ABI's (rendered into every C++ kernel's
 # signature from this list, and packed in this order by launch()).
-LAUNCH_ARGS = (Arg("ng_bs", "int64", "index", "cpu"),
-               Arg("ng_block_begin", "int64", "index", "cpu"),
-               Arg("ng_block_end", "int64", "index", "cpu"),
-               Arg("ng_threads", "int32", "index", "cpu"),
-               Arg("ng_scratch", "compute_t* __restrict__", "compute", "cpu"))
+LAUNCH_ARGS = (LaunchArg("ng_bs", "const ng_int64", "i64"),
+               LaunchArg("ng_block_begin", "const ng_int64", "i64"),
+               LaunchArg("ng_block_end", "const ng_int64", "i64"),
+               LaunchArg("ng_threads", "const int", "i32"),
+               LaunchArg("ng_scratch", "compute_t* __restrict__", "ptr"))
 
 
 def max_block(n_arrays: int, compute: str) -> int:
@@ -75,7 +76,7 @@ def surrogate_pass(body, compute) -> Optional[dict]:
     ``{"statements": [...], "arrays": [names it reads from outside]}``, or None. The
     pass runs before the step's main loop, so it may only read carried variables the
     step has not yet changed."""
-    at = next((i for i, st in enumerate(body) if isinstance(st, Let) and st.name == "ng_sg"),
+    at = next((i for i, st in enumerate(body) if isinstance(st, Let) and st.name == SG.name),
               None)
     if at is None or not separate_surrogate(body[at].expr, compute):
         return None
@@ -106,17 +107,20 @@ class CpuTarget(KernelTarget):
     def unavailable(self):
         return host_compiler.missing()
 
+    def kernel_key(self, device):
+        return (host_compiler.cxx(), host_compiler.cpu_threading())  # $CXX may change within a process
+
     def check(self, x):
         if x.device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
-        if _dtype(x) not in TYPES:
+        if dtypes.name(x.dtype) not in TYPES:
             raise TypeError(f"backend='cpu' runs float32, float64 or bfloat16, not {x.dtype}; "
                             "convert the input or use backend='torch'")
 
     def auto_refusal(self, x):
         if x.device.type != "cpu":
             return ""
-        if _dtype(x) not in TYPES:
+        if dtypes.name(x.dtype) not in TYPES:
             return (f"neurogen: the CPU kernels run float32/float64/bfloat16, not {x.dtype}; "
                     "using the (slower) torch backend")
         why = self.unavailable()
@@ -135,8 +139,8 @@ class CpuTarget(KernelTarget):
             if sg is None:
                 return text, None
             # the main loop reads the pass's value instead of computing it again
-            text = ["const compute_t ng_sg = ng_sgbuf[ng_j - ng_c];"
-                    if isinstance(st, Let) and st.name == "ng_sg" else t
+            text = [f"const compute_t {SG} = ng_sgbuf[ng_j - ng_c];"
+                    if isinstance(st, Let) and st.name == SG.name else t
                     for st, t in zip(body, text)]
             return text, dict(lines=lines(sg["statements"]),
                               arrays=[a for a in arrays if a in sg["arrays"]])
@@ -161,10 +165,6 @@ class CpuTarget(KernelTarget):
 
     def launch(self, kernel, packed, n, T, device):
         launch_cpu(kernel, packed, n, T)
-
-
-def _dtype(x):
-    return str(x.dtype).replace("torch.", "")
 
 
 def cpu_blocks(n: int, max_block: int, workers: int):
@@ -204,13 +204,11 @@ def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
         f.result()
 
 
-_LAUNCH_KINDS = [{"int64": "i64", "int32": "i32"}.get(a.role, "ptr") for a in LAUNCH_ARGS]
-assert [a.name for a in LAUNCH_ARGS] == ["ng_bs", "ng_block_begin", "ng_block_end",
-                                         "ng_threads", "ng_scratch"]
+_LAUNCH_KINDS = [a.kind for a in LAUNCH_ARGS]
 
 
 def _launch_values(size, begin, end, threads, scratch_address):
-    """LAUNCH_ARGS' values as ``[(kind, value)]``, in their order."""
+    """LAUNCH_ARGS' values as ``[(kind, value)]``, in their order (their names above)."""
     return list(zip(_LAUNCH_KINDS, (size, begin, end, threads, scratch_address)))
 
 

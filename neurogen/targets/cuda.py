@@ -125,7 +125,7 @@ class CudaTarget(KernelTarget):
     def render(self, ir) -> str:
         return render_cuda(ir)
 
-    def device_key(self, device):
+    def kernel_key(self, device):
         return _index(device)
 
     def compile(self, ir, source, device) -> Kernel:

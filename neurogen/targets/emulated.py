@@ -10,17 +10,16 @@ slow, and CI runs every generated CUDA kernel through it.
 import functools
 import importlib.resources
 
-from ..abi import Arg
 from ..errors import BackendUnavailableError
 from . import host_compiler
 from .base import Kernel, KernelTarget
-from .c_source import env, signature
+from .c_source import LaunchArg, env, signature
 from .cuda import TYPES, include_dirs, launch_config, render_cuda
 
 HALF = ("float16", "bfloat16")
 # the launcher's own arguments, before the kernel's: the grid (packed by launch())
-GRID_ARGS = (Arg("ng_grid", "const unsigned int", "index", "emulated"),
-             Arg("ng_block", "const unsigned int", "index", "emulated"))
+GRID_ARGS = (LaunchArg("ng_grid", "const unsigned int", "u32"),
+             LaunchArg("ng_block", "const unsigned int", "u32"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,6 +56,9 @@ class EmulatedTarget(KernelTarget):
     def unavailable(self):
         return host_compiler.missing()
 
+    def kernel_key(self, device):
+        return host_compiler.cxx()  # $CXX may change within a process
+
     def check(self, x):
         if x.device.type != "cpu":
             raise ValueError("backend='cuda-emulated' runs the CUDA kernels on the CPU and needs "
@@ -73,7 +75,8 @@ class EmulatedTarget(KernelTarget):
 
     def launch(self, kernel, packed, n, T, device):
         grid, block = launch_config(n)
-        host_compiler.call(kernel.fn, [("u32", grid), ("u32", block)] + packed)
+        host_compiler.call(kernel.fn, list(zip([a.kind for a in GRID_ARGS], (grid, block)))
+                           + packed)
 
 
 __all__ = ["EmulatedTarget", "shim", "launcher", "flags", "GRID_ARGS"]
