@@ -8,7 +8,6 @@ target prints the same list, so the CUDA launch, the C++ call and the emulated c
 cannot disagree.
 """
 from dataclasses import dataclass
-import functools
 from typing import Tuple
 
 # group: (role, dtype) -- role in/out: a pointer; scalar: a compute value by value;
@@ -40,7 +39,6 @@ class Arg:
     key: str = ""
 
 
-@functools.lru_cache(maxsize=None)
 def name(group: str, key: str = "") -> str:
     """The argument name of ``(group, key)``: ``("init", "v")`` is ``init_v``."""
     prefix = _PREFIX[group]
