@@ -155,6 +155,9 @@ PLANS = _Plans()
 targets.on_change(PLANS.drop_target)
 
 
+_SCALAR_NAMES = {}  # parameter -> its by-value argument's name
+
+
 def classify(params, shape, compute):
     """How each parameter value reaches the kernels: ``(scalars, tensor_params, kinds,
     tensors, learnable)``. A float is a by-value argument (``p_<k>``); a one-element
@@ -164,7 +167,10 @@ def classify(params, shape, compute):
     scalars, tensor_params, kinds, tensors, learnable = [], [], {}, [], []
     for k, value in params.items():
         if not isinstance(value, torch.Tensor):
-            scalars.append((abi.name("param_value", k), value))
+            name = _SCALAR_NAMES.get(k)
+            if name is None:
+                name = _SCALAR_NAMES[k] = abi.name("param_value", k)
+            scalars.append((name, value))
             continue
         try:
             full = torch.broadcast_shapes(value.shape, shape)
@@ -208,11 +214,10 @@ def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
 def run_kernels(target, module, x_seq, states, params):
     """A multi-step call of ``module`` on ``target``'s kernels: ``(spike_seq, v_seq or
     None, {state: final})`` shaped like the input."""
-    from . import autograd
     model = module.model
     T, shape = x_seq.shape[0], x_seq.shape[1:]
     N = math.prod(shape)
-    dtype = dtypes.name(x_seq.dtype)
+    dtype = dtypes.NAMES[x_seq.dtype]
     compute = dtypes.compute_dtype(dtype)
     scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
     needs_grad = torch.is_grad_enabled() and (
@@ -234,3 +239,5 @@ def as_shape(t, shape):
 
 
 __all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "as_shape"]
+
+from . import autograd  # noqa: E402  (it imports this module's plan cache)

@@ -157,7 +157,7 @@ def test_threading_modes_agree(monkeypatch):
     results, launched = {}, []
     launch = cpu.launch_cpu
     monkeypatch.setattr(cpu, "launch_cpu",
-                        lambda k, *a: launched.append(k.info("openmp")) or launch(k, *a))
+                        lambda k, *a: launched.append(k.launch["openmp"]) or launch(k, *a))
     for mode in ("pool", "openmp"):
         monkeypatch.setattr(host_compiler, "cpu_threading", lambda mode=mode: mode)
         ng.forget_kernels()  # plans cached by the first mode must not be reused

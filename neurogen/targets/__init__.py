@@ -19,6 +19,7 @@ _TARGETS: Dict[str, Target] = {}
 _ALIASES: Dict[str, str] = {}
 _RANKED: List[Target] = []  # the targets "auto" tries, in order
 _LISTENERS: List = []
+_AUTO: Dict[tuple, Target] = {}  # what "auto" chose, by device type, dtype and auto keys
 
 
 def register(target: Target) -> Target:
@@ -48,6 +49,7 @@ def on_change(listener):
 
 
 def _changed(name):
+    _AUTO.clear()
     _RANKED[:] = sorted((t for t in _TARGETS.values() if t.auto_rank is not None),
                         key=lambda t: t.auto_rank)
     for listener in _LISTENERS:
@@ -82,12 +84,23 @@ def resolve(name: str, x) -> Target:
     """The target a call with input ``x`` runs on: the named one (checked against ``x``,
     with a typed error), or for ``"auto"`` the first by ``auto_rank`` that takes ``x``. A
     target passed over for a reason the user may want to fix (no CuPy for a CUDA tensor,
-    no compiler, a dtype its kernels lack) is named in a one-time warning. Decided on
-    every call (a few microseconds), so a compiler or package that appears later is used."""
+    no compiler, a dtype its kernels lack) is named in a one-time warning. "auto" decides
+    again whenever a target's :meth:`~Target.auto_key` changes (a compiler that appears
+    later is used)."""
     if name != "auto":
         target = get(name)
         target.check(x)
         return target
+    key = (x.device.type, x.dtype, *[t.auto_key() for t in _RANKED])
+    target = _AUTO.get(key)
+    if target is None:
+        target = _AUTO[key] = _auto(x)
+        if len(_AUTO) > 64:
+            _AUTO.clear()
+    return target
+
+
+def _auto(x):
     for target in _RANKED:
         why = target.auto_refusal(x)
         if why is None:

@@ -44,6 +44,11 @@ class Target:
         this target's device); a warning text to pass it on loudly."""
         return None
 
+    def auto_key(self):
+        """What :meth:`auto_refusal` depends on besides the tensor's device type and dtype
+        (e.g. ``$CXX``), cheap to read: "auto" decides again when it changes."""
+        return None
+
     def run(self, module, x_seq, states, params):
         """``(spike_seq, v_seq or None, {state: final value})`` of ``module`` on ``x_seq``
         ``[T, *shape]`` from ``states`` with parameter values ``params``."""
@@ -60,13 +65,7 @@ class Kernel:
     fn: object
     ir: KernelIR
     source: str
-    launch: Tuple[Tuple[str, object], ...] = field(default=())
-
-    def __post_init__(self):
-        object.__setattr__(self, "_info", dict(self.launch))
-
-    def info(self, key, default=None):
-        return self._info.get(key, default)
+    launch: Dict[str, object] = field(default_factory=dict)
 
 
 class KernelTarget(Target):

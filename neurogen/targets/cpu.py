@@ -107,20 +107,23 @@ class CpuTarget(KernelTarget):
     def unavailable(self):
         return host_compiler.missing()
 
+    def auto_key(self):
+        return host_compiler.environment()
+
     def kernel_key(self, device):
         return (host_compiler.cxx(), host_compiler.cpu_threading())  # $CXX may change within a process
 
     def check(self, x):
         if x.device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {x.device}")
-        if dtypes.name(x.dtype) not in TYPES:
+        if dtypes.NAMES.get(x.dtype) not in TYPES:
             raise TypeError(f"backend='cpu' runs float32, float64 or bfloat16, not {x.dtype}; "
                             "convert the input or use backend='torch'")
 
     def auto_refusal(self, x):
         if x.device.type != "cpu":
             return ""
-        if dtypes.name(x.dtype) not in TYPES:
+        if dtypes.NAMES.get(x.dtype) not in TYPES:
             return (f"neurogen: the CPU kernels run float32/float64/bfloat16, not {x.dtype}; "
                     "using the (slower) torch backend")
         why = self.unavailable()
@@ -159,9 +162,8 @@ class CpuTarget(KernelTarget):
         fn, openmp = host_compiler.compile_kernel(source, ir.name, fma=ir.compute == "float")
         arrays = len(ir.constants) + len(ir.carried)
         size = 8 if ir.compute == "double" else 4
-        return Kernel(fn, ir, source, launch=(
-            ("max_block", max_block(arrays, ir.compute)), ("array_bytes", arrays * size),
-            ("openmp", openmp)))
+        return Kernel(fn, ir, source, launch=dict(
+            max_block=max_block(arrays, ir.compute), array_bytes=arrays * size, openmp=openmp))
 
     def launch(self, kernel, packed, n, T, device):
         launch_cpu(kernel, packed, n, T)
@@ -188,12 +190,13 @@ def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
     workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
     if n * T < 1 << 15:
         workers = 1  # too small to pay for waking threads
-    size, blocks = cpu_blocks(n, kernel.info("max_block"), workers)
+    facts = kernel.launch
+    size, blocks = cpu_blocks(n, facts["max_block"], workers)
     workers = min(workers, blocks)
-    stride = kernel.info("array_bytes") * size
+    stride = facts["array_bytes"] * size
     base = scratch(workers * stride)
     fn = kernel.fn
-    if workers == 1 or kernel.info("openmp"):
+    if workers == 1 or facts["openmp"]:
         host_compiler.call(fn, packed + _launch_values(size, 0, blocks, workers, base))
         return
     bounds = [blocks * w // workers for w in range(workers + 1)]

@@ -34,7 +34,13 @@ _functions = cache.Memory("kernel functions")  # (source, name, flags, compiler)
 
 def cxx() -> str:
     """The host C++ compiler command, or raise :class:`BackendUnavailableError`."""
-    return _find_cxx(os.environ.get("CXX", "c++"), os.environ.get("PATH", ""))
+    return _find_cxx(*environment())
+
+
+def environment():
+    """What finding the compiler depends on: ``($CXX or "c++", $PATH)``."""
+    env = os.environ
+    return env.get("CXX", "c++"), env.get("PATH", "")
 
 
 def missing():
