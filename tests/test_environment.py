@@ -85,6 +85,7 @@ def test_auto_takes_the_compiler_once_it_is_there(monkeypatch):
     x = torch.rand(3, 4)
     monkeypatch.setenv("CXX", "no-such-compiler-neurogen")
     warn_once.__defaults__[0].clear()
+    ng.forget_kernels()  # "auto" chooses anew (and warns again)
     with pytest.warns(RuntimeWarning, match="falling back to the torch backend"):
         assert ng.targets.resolve("auto", x).name == "torch"
     monkeypatch.delenv("CXX")  # the compiler is back: no forget_kernels needed

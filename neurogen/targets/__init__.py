@@ -12,6 +12,7 @@ True
 """
 from typing import Dict, List
 
+from .. import cache
 from ..errors import BackendUnavailableError, warn_once
 from .base import Kernel, KernelTarget, Target
 
@@ -20,6 +21,14 @@ _ALIASES: Dict[str, str] = {}
 _RANKED: List[Target] = []  # the targets "auto" tries, in order
 _LISTENERS: List = []
 _AUTO: Dict[tuple, Target] = {}  # what "auto" chose, by device type, dtype and auto keys
+
+
+class _AutoChoices:
+    def forget(self):
+        _AUTO.clear()
+
+
+cache.register(_AutoChoices())
 
 
 def register(target: Target) -> Target:
