@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import sympy as sp
 
+from .spec.functions import surrogate_at
 from .spec.model import spike, spike_d
 from .stages import SPIKE, U, FireStage, P, Step
 
@@ -134,8 +135,16 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
     out_syms[GX.name] = emit(GX.name, gx)
     for p in params:
         out_syms[G_PARAM(p.name).name] = emit(G_PARAM(p.name).name, gp[p])
-    # spike_d has the value of spike; after differentiation they are the same symbol
-    named = [(sym, e.xreplace({spike_d: spike})) for sym, e in named]
+    # spike_d has the value of spike; after differentiation they are the same symbol; an
+    # sg_heaviside's derivative is the surrogate's at its argument
+    u_sym = sp.Symbol("u")
+
+    def finish(e):
+        e = e.xreplace({spike_d: spike})
+        if e.has(surrogate_at):
+            e = e.replace(surrogate_at, lambda a: surrogate_derivative.xreplace({u_sym: a}))
+        return e
+    named = [(sym, finish(e)) for sym, e in named]
     composed = {}
     for sym, e in named:
         if sym != SG:  # the outputs keep ng_sg as a symbol (Backward.surrogate defines it)

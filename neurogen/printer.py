@@ -76,6 +76,38 @@ class KernelPrinter(C99CodePrinter):
     def _print_ZeroTimes(self, expr):
         return f"({self._print(expr.args[0])}*{self.literal(0)})"
 
+    # branches and clamps (spec/functions.py): torch's values, as selects
+    def _print_maximum(self, expr):
+        return f"ng_maximum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_minimum(self, expr):
+        return f"ng_minimum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_clamp(self, expr):
+        u, lo, hi = (self._print(a) for a in expr.args)
+        return f"ng_minimum(ng_maximum({u}, {lo}), {hi})"
+
+    def _print_abs(self, expr):
+        return f"{self._ns}fabs{self._suffix()}({self._print(expr.args[0])})"
+
+    def _print_sign(self, expr):
+        return f"ng_sign({self._print(expr.args[0])})"
+
+    def _print_floor(self, expr):
+        return f"{self._ns}floor{self._suffix()}({self._print(expr.args[0])})"
+
+    def _print_heaviside(self, expr):
+        x, h0 = (self._print(a) for a in expr.args)
+        one, zero = self.literal(1), self.literal(0)
+        return f"(({x} > {zero}) ? {one} : (({x} == {zero}) ? {h0} : {zero}))"
+
+    def _print_sg_heaviside(self, expr):
+        u = self._print(expr.args[0])
+        return f"(({u} >= {self.literal(0)}) ? {self.literal(1)} : {self.literal(0)})"
+
+    def _print_surrogate_at(self, expr):
+        raise ValueError("surrogate_at left in an expression: the derivation replaces it")
+
     def _print_Max(self, expr):
         return self._minmax("ng_fmax", expr.args)
 
@@ -97,8 +129,32 @@ class KernelPrinter(C99CodePrinter):
             raise ValueError("Piecewise needs a final (expr, True) branch")
         out = self._print(expr.args[-1].expr)
         for branch_expr, cond in reversed(expr.args[:-1]):
-            out = f"(({self._print(cond)}) ? ({self._print(branch_expr)}) : ({out}))"
+            out = self._select(cond, self._print(branch_expr), out)
         return out
+
+    def _select(self, cond, yes: str, no: str) -> str:
+        """``cond ? yes : no`` with and/or/not as nested selects on comparisons: a select on
+        a combination of masks (&&, ||, & or | of comparisons, one of them a spike) kept
+        GCC 12 from vectorising the neuron loop; a chain of selects it handles."""
+        if isinstance(cond, sp.And):
+            rest = sp.And(*cond.args[1:]) if len(cond.args) > 2 else cond.args[1]
+            return self._select(cond.args[0], self._select(rest, yes, no), no)
+        if isinstance(cond, sp.Or):
+            rest = sp.Or(*cond.args[1:]) if len(cond.args) > 2 else cond.args[1]
+            return self._select(cond.args[0], yes, self._select(rest, yes, no))
+        if isinstance(cond, sp.Not):
+            return self._select(cond.args[0], no, yes)
+        return f"(({self._print(cond)}) ? ({yes}) : ({no}))"
+
+    # conditions printed on their own (outside a select): without short-circuit evaluation
+    def _print_And(self, expr):
+        return " & ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " | ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Not(self, expr):
+        return f"!({self._print(expr.args[0])})"
 
     def _print_Relational(self, expr):
         return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"

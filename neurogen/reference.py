@@ -6,6 +6,7 @@ independent oracle."""
 import sympy as sp
 import torch
 
+from .spec import functions
 from .spec.functions import sigmoid, sigmoid_grad
 
 
@@ -17,6 +18,9 @@ def _sigmoid_grad(z):
 _UNARY = {sp.exp: torch.exp, sp.log: torch.log, sp.tanh: torch.tanh, sp.sin: torch.sin,
           sp.cos: torch.cos, sp.atan: torch.atan, sigmoid: torch.sigmoid, sp.Abs: torch.abs,
           sigmoid_grad: _sigmoid_grad}
+
+
+BRANCHES = functions.BRANCH_FUNCTIONS
 
 
 def evaluate(expr, env, like: torch.Tensor):
@@ -38,8 +42,18 @@ def evaluate(expr, env, like: torch.Tensor):
         parts = [evaluate(a, env, like) for a in expr.args]
         out = parts[0]
         for p in parts[1:]:
-            out = (out and p) if isinstance(expr, sp.And) else (out or p)
+            if isinstance(out, bool) and isinstance(p, bool):
+                out = (out and p) if isinstance(expr, sp.And) else (out or p)
+            else:
+                op = torch.logical_and if isinstance(expr, sp.And) else torch.logical_or
+                out = op(_t(out, like).bool() if isinstance(out, bool) else out,
+                         _t(p, like).bool() if isinstance(p, bool) else p)
         return out
+    if isinstance(expr, sp.Not):
+        c = evaluate(expr.args[0], env, like)
+        return (not c) if isinstance(c, bool) else torch.logical_not(c)
+    if isinstance(expr, BRANCHES):
+        return _branch(expr, env, like)
     args = [evaluate(a, env, like) for a in expr.args]
     if isinstance(expr, sp.Add):
         out = args[0]
@@ -78,6 +92,38 @@ def evaluate(expr, env, like: torch.Tensor):
                ">=": lambda: lhs >= rhs, "==": lambda: lhs == rhs, "!=": lambda: lhs != rhs}
         return ops[expr.rel_op]()
     raise TypeError(f"the reference backend cannot evaluate {func.__name__}")
+
+
+def _tensor(value, like):
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _branch(expr, env, like):
+    """The branch and clamp functions with the torch ops whose autograd defines their
+    gradients (docs/semantics.md 5); ``env["__surrogate__"]``: the module's surrogate."""
+    args = [_tensor(evaluate(a, env, like), like) for a in expr.args]
+    if isinstance(expr, functions.maximum):
+        return torch.maximum(*args)
+    if isinstance(expr, functions.minimum):
+        return torch.minimum(*args)
+    if isinstance(expr, functions.clamp):
+        return torch.clamp(args[0], min=args[1], max=args[2])
+    if isinstance(expr, functions.abs_):
+        return torch.abs(args[0])
+    if isinstance(expr, functions.sign):
+        return torch.sign(args[0])
+    if isinstance(expr, functions.floor):
+        return torch.floor(args[0])
+    if isinstance(expr, functions.heaviside):
+        x, h0 = args
+        # torch.heaviside has no derivative in autograd; its value with a zero gradient
+        return torch.where(x > 0, torch.ones_like(x),
+                           torch.where(x == 0, h0.expand_as(x), torch.zeros_like(x))).detach()
+    if isinstance(expr, functions.sg_heaviside):
+        return spike_fn(args[0], env["__surrogate__"])
+    raise TypeError(f"the reference backend cannot evaluate {type(expr).__name__}")
 
 
 def _t(value, like):
@@ -121,7 +167,7 @@ def multi_step(model, x_seq, states, params, surrogate, detach_reset=False):
         x = x_seq[t]
         spike = None
         for stage in model.stages:
-            env = {**params, **cur, model.input_name: x}
+            env = {**params, **cur, model.input_name: x, "__surrogate__": surrogate}
             if spike is not None:
                 env["spike"] = spike
                 env["spike_d"] = spike.detach() if detach_reset else spike

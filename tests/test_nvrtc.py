@@ -79,3 +79,40 @@ def test_generated_structures_compile(case, dtype):
         assert ".entry ng_" in ptx
         if dtype != "float64":
             assert not re.search(r"\.f64\b", ptx), f"{kind} {dtype} uses double\n{model}"
+
+
+@pytest.mark.parametrize("arch", ["compute_70", "compute_80", "compute_90"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_branches_and_clamps_compile(arch, dtype):
+    from test_branches import MODELS, model
+    for name in MODELS:
+        for kind in ("forward", "backward"):
+            ptx = compile_ptx(model(name).cuda_source(kind, dtype, learnable=("tau",)), arch)
+            assert ".entry ng_" in ptx
+            if dtype != "float64":
+                assert not re.search(r"\.f64\b", ptx), f"{name} {kind} {dtype} uses double"
+
+
+@pytest.mark.skipif(__import__("shutil").which("ptxas") is None, reason="ptxas not installed")
+def test_branches_and_clamps_do_not_spill(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "branchy.py").write_text(
+        "import neurogen as ng\n"
+        "from test_branches import MODELS\n"
+        "models = {k: ng.NeuronModel(k, **v) for k, v in MODELS.items()}\n"
+        + "".join(f"{k} = models[{k!r}]\n" for k in ("max_floor", "where_counter", "everything",
+                                                      "clamp_params")))
+    import os
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    refs = [f"{tmp_path / 'branchy.py'}:{k}" for k in ("max_floor", "where_counter",
+                                                        "everything", "clamp_params")]
+    # (this ptxas, CUDA 13, has no sm_70; NVRTC compiles for compute_70 above)
+    proc = subprocess.run([sys.executable, "-m", "neurogen", "check", *refs, "--arch", "sm_80",
+                           "sm_90"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
+    assert len(rows) == 4 * len(DTYPES) * 2 * 2
+    for row in rows:
+        assert "spill 0 B" in row, row

@@ -10,6 +10,7 @@ import sys
 import pytest
 import sympy as sp
 
+from neurogen.spec.functions import surrogate_at
 from neurogen.errors import SpecError
 from neurogen.spec import NeuronModel, parse_expr, sigmoid, spike, spike_d
 
@@ -69,15 +70,20 @@ INVALID = [
     (lif(fire=None), r"model 'lif' has no fire expression"),
     (lif(fire="1 - v_threshold"), r"fire expression .* does not depend on any state"),
     (lif(fire="v + x - v_threshold"), r"fire expression .* uses the input 'x'"),
-    # non-differentiable functions
-    (izh(charge={v: v + x * sp.Heaviside(v)}), r"charge equation of 'v' uses Heaviside"),
-    (izh(charge={v: v + x * sp.sign(v)}), r"charge equation of 'v' uses sign"),
-    (izh(charge={v: sp.floor(v) + x}), r"charge equation of 'v' uses floor"),
-    (izh(charge={v: sp.Abs(v) + x}), r"charge equation of 'v' uses Abs"),
-    (izh(charge={v: sp.Piecewise((x, v > 0), (0, True))}), r"charge equation of 'v' uses Piecewise"),
-    (izh(charge={v: sp.Max(v, x)}), r"charge equation of 'v' uses Max"),
-    (izh(adaptation={w: w + sp.Heaviside(v - vth)}), r"adaptation equation of 'w' uses Heaviside"),
-    (izh(fire=sp.Abs(v) - vth), r"fire expression uses Abs"),
+    # functions without a gradient convention, conditions used as values
+    (izh(charge={v: sp.ceiling(v) + x}), r"charge equation of 'v' uses ceiling, which neurogen "
+                                         r"has no gradient convention for; write it with floor"),
+    (izh(charge={v: sp.Mod(v, 2) + x}), r"charge equation of 'v' uses Mod"),
+    (izh(adaptation={w: w + sp.DiracDelta(v)}), r"adaptation equation of 'w' uses DiracDelta"),
+    (izh(charge={v: v + x + surrogate_at(v)}),
+     r"charge equation of 'v' calls surrogate_at, neurogen's own name"),
+    (lif(charge={"v": "v + x * (v > 1)"}), r"charge equation of 'v': the condition 'v > 1' used "
+                                           r"as a value \(a condition chooses a branch: "
+                                           r"where\(v > 1, value_if_true, value_if_false\)\)"),
+    (lif(charge={"v": "where(0 < v < 1, v, x)"}), r"a chained comparison \(write 'a < b and b < c'\)"),
+    (lif(charge={"v": "clamp(v + x, 0)"}), r"calling 'clamp' with other than 3 positional "
+                                          r"argument\(s\) \(clamp\(u, lo, hi\)\)"),
+    (lif(fire="max(v) - 1"), r"calling 'max' with other than 2 positional argument\(s\)"),
     (izh(charge={v: v + sp.Derivative(v, x)}), r"charge equation of 'v' contains Derivative"),
     # undefined / unsupported functions, non-scalars, complex numbers
     (izh(charge={v: v + f(x)}), r"charge equation of 'v' calls unsupported function f"),

@@ -81,3 +81,12 @@ def test_the_check_sees_a_scalar_loop(tmp_path):
     scalar = source.replace("ng_fmax(0.0F,", "fmaxf(0.0F,")
     assert scalar != source
     assert simd_loops_not_vectorised(scalar, tmp_path) != []
+
+
+@pytest.mark.parametrize("name", ["max_floor", "where_counter", "everything", "clamp_params"])
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_branches_and_clamps_vectorise(name, kind, dtype, tmp_path):
+    from test_branches import model
+    source = ng.targets.render(model(name), "cpp", kind, dtype, learnable=("tau",))
+    assert simd_loops_not_vectorised(source, tmp_path) == []

@@ -7,9 +7,10 @@ import re
 from typing import Mapping, Optional
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from ..errors import SpecError
-from .functions import FUNCTIONS, NON_DIFFERENTIABLE
+from .functions import BRANCH_FUNCTIONS, FUNCTIONS, UNSUPPORTED, canonical, surrogate_at
 from .parse import parse_expr
 
 spike = sp.Symbol("spike")
@@ -28,7 +29,8 @@ half float2 float4 int2 int4 dim3 threadIdx blockIdx blockDim gridDim warpSize m
 exp log sqrt tanh sin cos atan pow fabs
 """.split())
 _RESERVED = {"spike", "spike_d", "pi", "E"} | set(FUNCTIONS)
-_ALLOWED_FUNCS = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.atan) + (FUNCTIONS["sigmoid"],)
+_ALLOWED_FUNCS = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.atan, sp.Piecewise,
+                  FUNCTIONS["sigmoid"]) + BRANCH_FUNCTIONS
 
 
 def _check_name(name: str, role: str) -> str:
@@ -65,22 +67,26 @@ def _to_expr(value, where) -> sp.Expr:
     if not isinstance(expr, sp.Expr):
         raise SpecError(f"{where}: {expr} is a {type(expr).__name__}, not a scalar expression")
     # Plain symbols, matched by name: the user's assumptions (real=True...) do not matter.
-    return expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
+    expr = expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
+    _check_conditions(expr, where)
+    return canonical(expr)
 
 
-def _nodes_outside_parameter_branches(expr, params):
-    """Every node, except that a Piecewise whose conditions read parameters only (a branch
-    fixed for a whole run, as ``from_ode`` emits for singular propagators) is entered
-    through its branch values and its conditions are skipped."""
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, sp.Piecewise) and all(
-                {s.name for s in cond.free_symbols} <= params for _, cond in node.args):
-            stack.extend(value for value, _ in node.args)
-            continue
-        yield node
-        stack.extend(node.args)
+def _check_conditions(expr, where):
+    """A condition (a comparison, and/or/not) may only choose a branch (where, Piecewise)."""
+    def visit(node, in_condition):
+        if isinstance(node, ExprCondPair):
+            visit(node.expr, False)
+            visit(node.cond, True)
+            return
+        is_condition = isinstance(node, (sp.logic.boolalg.BooleanFunction,
+                                         sp.core.relational.Relational))
+        if is_condition and not in_condition:
+            raise SpecError(f"{where}: {node} is a condition used as a value; a condition "
+                            f"chooses a branch: where({node}, value_if_true, value_if_false)")
+        for a in node.args:
+            visit(a, is_condition and not isinstance(node, sp.core.relational.Relational))
+    visit(expr, False)
 
 
 class NeuronModel:
@@ -218,11 +224,13 @@ class NeuronModel:
     def _check_expr(self, expr, allowed, where, group):
         self._check_symbols(expr, allowed, where,
                             f"known: states, parameters and the input {self.input_name!r}")
-        for node in _nodes_outside_parameter_branches(expr, set(self.param_names)):
-            if isinstance(node, NON_DIFFERENTIABLE):
-                raise SpecError(f"{where} uses {type(node).__name__}, which is not differentiable; "
-                                "the backward pass differentiates every equation. Use a smooth "
-                                "form (e.g. sigmoid, exp) or move a threshold into fire/reset")
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, UNSUPPORTED):
+                raise SpecError(f"{where} uses {type(node).__name__}, which neurogen has no "
+                                "gradient convention for; write it with floor, where or clamp")
+            if isinstance(node, surrogate_at):
+                raise SpecError(f"{where} calls surrogate_at, neurogen's own name for the "
+                                "surrogate derivative; write sg_heaviside(u) instead")
             if isinstance(node, sp.Function) and not isinstance(node, _ALLOWED_FUNCS):
                 raise SpecError(f"{where} calls unsupported function {type(node).__name__}; "
                                 f"allowed: {', '.join(sorted(FUNCTIONS))}")

@@ -11,7 +11,7 @@ import ast
 import sympy as sp
 
 from ..errors import SpecError
-from .functions import FUNCTIONS
+from .functions import ARITY, FUNCTIONS
 
 _BINOPS = {
     ast.Add: lambda a, b: a + b,
@@ -21,6 +21,8 @@ _BINOPS = {
     ast.Pow: lambda a, b: a ** b,
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
+_SIGNATURES = {"clamp": "(u, lo, hi)", "max": "(a, b)", "min": "(a, b)", "maximum": "(a, b)",
+               "minimum": "(a, b)", "heaviside": "(x) or heaviside(x, value_at_0)"}
 _COMPARE = {ast.Eq: sp.Eq, ast.NotEq: sp.Ne, ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt,
             ast.GtE: sp.Ge}
 MAX_LENGTH = 10_000
@@ -61,7 +63,8 @@ class _Builder:
         raise SpecError(
             f"{self.where}: {what} is not allowed in equation {self.text!r}. "
             "Equations may use numbers, names of states and parameters, "
-            "+ - * / **, and the functions " + ", ".join(sorted(FUNCTIONS)) + ".")
+            "+ - * / **, where(condition, a, b) and the functions "
+            + ", ".join(sorted(FUNCTIONS)) + ".")
 
     def build(self, node):
         self.depth += 1
@@ -90,6 +93,10 @@ class _Builder:
             return -inner if isinstance(node.op, ast.USub) else inner
         if isinstance(node, ast.Call):
             return self.call(node)
+        if isinstance(node, (ast.Compare, ast.BoolOp)) or (
+                isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)):
+            self.fail(f"the condition {ast.unparse(node)!r} used as a value (a condition chooses "
+                      f"a branch: where({ast.unparse(node)}, value_if_true, value_if_false))")
         self.fail(f"the syntax {type(node).__name__}")
 
     def name(self, ident):
@@ -107,12 +114,18 @@ class _Builder:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             func = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
             self.fail(f"calling {func!r}")
-        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
-            self.fail(f"calling {node.func.id!r} with other than one positional argument")
-        return FUNCTIONS[node.func.id](self.build(node.args[0]))
+        name = node.func.id
+        arity = ARITY.get(name, (1,))
+        if node.keywords or len(node.args) not in arity or any(
+                isinstance(a, ast.Starred) for a in node.args):
+            wanted = " or ".join(str(n) for n in arity)
+            self.fail(f"calling {name!r} with other than {wanted} positional argument(s) "
+                      f"({name}{_SIGNATURES.get(name, '(x)')})")
+        args = [self.build(a) for a in node.args]
+        return FUNCTIONS[name](*args)
 
     def branch(self, node):
-        """``where(condition, a, b)``: a branch (allowed on parameters only, see validation)."""
+        """``where(condition, a, b)``: ``a`` where the condition holds, else ``b``."""
         if node.keywords or len(node.args) != 3 or any(isinstance(a, ast.Starred) for a in node.args):
             self.fail("calling 'where' with other than (condition, value, value)")
         cond, a, b = node.args
@@ -122,6 +135,11 @@ class _Builder:
         if isinstance(node, ast.BoolOp) and isinstance(node.op, (ast.And, ast.Or)):
             parts = [self.condition(v) for v in node.values]
             return sp.And(*parts) if isinstance(node.op, ast.And) else sp.Or(*parts)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return sp.Not(self.condition(node.operand))
         if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE:
             return _COMPARE[type(node.ops[0])](self.build(node.left), self.build(node.comparators[0]))
-        self.fail(f"the condition syntax {type(node).__name__} (use one comparison, and/or)")
+        if isinstance(node, ast.Compare):
+            self.fail("a chained comparison (write 'a < b and b < c')")
+        self.fail(f"the condition {ast.unparse(node)!r} (a condition is one comparison "
+                  "< <= > >= == !=, or such comparisons joined by and/or/not)")

@@ -66,9 +66,11 @@ def _exact_text(expr):
     if expr.is_Relational:
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
         return f"{_atom(expr.lhs)} {op} {_atom(expr.rhs)}"
+    if isinstance(expr, sp.Not):
+        return f"not ({_exact_text(expr.args[0])})"
     name = type(expr).__name__
     if isinstance(expr, sp.Function) and FUNCTIONS.get(name) is type(expr):
-        return f"{name}({_exact_text(expr.args[0])})"
+        return f"{name}({', '.join(_exact_text(a) for a in expr.args)})"
     raise SpecError(f"cannot write {expr} ({type(expr).__name__}) as equation text")
 
 
