@@ -84,8 +84,9 @@ class KernelPrinter(C99CodePrinter):
         return f"ng_minimum({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
     def _print_clamp(self, expr):
-        u, lo, hi = (self._print(a) for a in expr.args)
-        return f"ng_minimum(ng_maximum({u}, {lo}), {hi})"
+        u, lo, *hi = (self._print(a) for a in expr.args)
+        low = f"ng_maximum({u}, {lo})"
+        return f"ng_minimum({low}, {hi[0]})" if hi else low
 
     def _print_abs(self, expr):
         return f"{self._ns}fabs{self._suffix()}({self._print(expr.args[0])})"

@@ -109,7 +109,7 @@ def _branch(expr, env, like):
     if isinstance(expr, functions.minimum):
         return torch.minimum(*args)
     if isinstance(expr, functions.clamp):
-        return torch.clamp(args[0], min=args[1], max=args[2])
+        return torch.clamp(args[0], min=args[1], max=args[2] if len(args) == 3 else None)
     if isinstance(expr, functions.abs_):
         return torch.abs(args[0])
     if isinstance(expr, functions.sign):

@@ -35,7 +35,7 @@ MODELS = {
     # a clamp whose bounds are learnable parameters, and a lower bound alone
     "clamp_params": dict(states={"v": 0.0}, params={"tau": 2.0, "lo": -0.1, "hi": 1.4},
                          charge={"v": "clamp(v + (x - v) / tau, lo, hi)"}, fire="v - 1",
-                         reset={"v": "max(v - spike, lo)"}),
+                         reset={"v": "clamp(v - spike, lo)"}),
 }
 
 
@@ -80,6 +80,11 @@ def test_the_derivatives_are_torchs_at_ties():
         op(ta, tb).backward()
         got = [float(sp.diff(expr, s).subs({a: point[0], b: point[1]})) for s in (a, b)]
         assert got == [ta.grad.item(), tb.grad.item()]
+    for point in [(0.0, 0.0), (-1.0, 0.0), (1.0, 0.0)]:  # a lower bound alone
+        t = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in point]
+        torch.clamp(t[0], min=t[1]).backward()
+        got = [float(sp.diff(F.clamp(u, lo), s).subs({u: point[0], lo: point[1]})) for s in (u, lo)]
+        assert got == [g.grad.item() for g in t], point
     for point in [(0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (-1.0, 0.0, 1.0), (2.0, 0.0, 1.0),
                   (0.5, 1.0, 0.0), (-2.0, 1.0, 0.0)]:
         t = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in point]

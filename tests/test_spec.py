@@ -81,8 +81,8 @@ INVALID = [
                                            r"as a value \(a condition chooses a branch: "
                                            r"where\(v > 1, value_if_true, value_if_false\)\)"),
     (lif(charge={"v": "where(0 < v < 1, v, x)"}), r"a chained comparison \(write 'a < b and b < c'\)"),
-    (lif(charge={"v": "clamp(v + x, 0)"}), r"calling 'clamp' with other than 3 positional "
-                                          r"argument\(s\) \(clamp\(u, lo, hi\)\)"),
+    (lif(charge={"v": "clamp(v + x)"}), r"calling 'clamp' with other than 2 or 3 positional "
+                                       r"argument\(s\) \(clamp\(u, lo, hi\) or clamp\(u, lo\)\)"),
     (lif(fire="max(v) - 1"), r"calling 'max' with other than 2 positional argument\(s\)"),
     (izh(charge={v: v + sp.Derivative(v, x)}), r"charge equation of 'v' contains Derivative"),
     # undefined / unsupported functions, non-scalars, complex numbers

@@ -85,11 +85,15 @@ class minimum(sp.Function):
 class clamp(sp.Function):
     """``torch.clamp(u, lo, hi)`` = ``min(max(u, lo), hi)``: the gradient passes to ``u``
     between the bounds, bounds included, to ``lo`` below it and to ``hi`` above it (and to
-    ``hi`` alone when ``lo > hi``)."""
+    ``hi`` alone when ``lo > hi``). ``clamp(u, lo)``: a lower bound alone
+    (``torch.clamp(u, min=lo)``)."""
 
-    nargs = 3
+    nargs = (2, 3)
 
     def fdiff(self, argindex=1):
+        if len(self.args) == 2:
+            u, lo = self.args
+            return _select(sp.Ge(u, lo)) if argindex == 1 else _select(sp.Lt(u, lo))
         u, lo, hi = self.args
         if argindex == 1:
             return _select(sp.And(sp.Ge(u, lo), sp.Le(u, hi)))
@@ -198,7 +202,7 @@ FUNCTIONS = {
     "minimum": minimum,
 }
 # the arguments each takes (the rest take one)
-ARITY = {"clamp": (3,), "max": (2,), "min": (2,), "maximum": (2,), "minimum": (2,),
+ARITY = {"clamp": (2, 3), "max": (2,), "min": (2,), "maximum": (2,), "minimum": (2,),
          "heaviside": (1, 2)}
 
 # sympy's own functions with a kink or a jump, as the torch-convention ones above

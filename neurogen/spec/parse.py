@@ -21,7 +21,7 @@ _BINOPS = {
     ast.Pow: lambda a, b: a ** b,
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
-_SIGNATURES = {"clamp": "(u, lo, hi)", "max": "(a, b)", "min": "(a, b)", "maximum": "(a, b)",
+_SIGNATURES = {"clamp": "(u, lo, hi) or clamp(u, lo)", "max": "(a, b)", "min": "(a, b)", "maximum": "(a, b)",
                "minimum": "(a, b)", "heaviside": "(x) or heaviside(x, value_at_0)"}
 _COMPARE = {ast.Eq: sp.Eq, ast.NotEq: sp.Ne, ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt,
             ast.GtE: sp.Ge}
