@@ -15,16 +15,16 @@ from typing import Tuple
 GROUPS = {
     "x": ("in", "io"), "init": ("in", "io"), "param": ("in", "compute"),
     "param_value": ("scalar", "compute"), "surrogate": ("scalar", "compute"),
-    "spike": ("out", "io"), "v_seq": ("out", "io"), "final": ("out", "io"),
-    "saved_out": ("out", "io"), "grad_spike": ("in", "io"), "grad_v_seq": ("in", "io"),
+    "spike": ("out", "io"), "seq": ("out", "io"), "final": ("out", "io"),
+    "saved_out": ("out", "io"), "grad_spike": ("in", "io"), "grad_seq": ("in", "io"),
     "grad_final": ("in", "io"), "saved": ("in", "io"), "grad_x": ("out", "io"),
     "grad_init": ("out", "io"), "grad_param": ("out", "compute"),
     "T": ("int32", "index"), "N": ("int64", "index"),
 }
 _PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
-           "surrogate": "", "spike": "spike_seq", "v_seq": "v_seq", "final": "final_",
+           "surrogate": "", "spike": "spike_seq", "seq": "seq_", "final": "final_",
            "saved_out": "saved_", "saved": "saved_", "grad_spike": "grad_spike_seq",
-           "grad_v_seq": "grad_v_seq", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
+           "grad_seq": "grad_seq_", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
            "grad_init": "grad_init_", "grad_param": "grad_p_", "T": "ng_T", "N": "ng_N"}
 
 
@@ -66,12 +66,12 @@ def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
               for k in model.param_names]
     if kind == "forward":
         out = [arg("x")] + [arg("init", s) for s in states] + params + [arg("spike")]
-        out += [arg("v_seq")] if cfg.store_v_seq else []
+        out += [arg("seq", s) for s in cfg.record]
         out += [arg("final", s) for s in states]
         out += [arg("saved_out", k) for k in saved] if cfg.save else []
     elif kind == "backward":
         params += [arg("surrogate", k) for k in cfg.surrogate.kernel_values()]
-        out = [arg("grad_spike")] + ([arg("grad_v_seq")] if cfg.grad_v_seq else [])
+        out = [arg("grad_spike")] + [arg("grad_seq", s) for s in cfg.grad_record]
         out += [arg("grad_final", s) for s in states] + [arg("saved", k) for k in saved]
         out += [arg("x")] if bw.needs_x else []
         out += [arg("init", s) for s in bw.needs_init]

@@ -24,8 +24,9 @@ AVAILABLE = hasattr(torch.library, "custom_op")  # torch >= 2.4
 def run_forward(plan: Plan, x_seq, tensors):
     """Run the forward kernel. ``tensors``: initial states [N] then parameter tensors.
 
-    Returns ``(outputs, saved)``: ``[spike_seq, v_seq (or empty), *final states]`` and the
-    per-step values the backward reads (empty when ``plan.cfg.save`` is off)."""
+    Returns ``(outputs, saved)``: ``[output_seq, *recorded states' values, *final
+    states]`` and the per-step values the backward reads (empty when ``plan.cfg.save`` is
+    off)."""
     cfg, names = plan.cfg, plan.names
     n_states = len(names.init)
     inits = tensors[:n_states]
@@ -34,18 +35,20 @@ def run_forward(plan: Plan, x_seq, tensors):
     values.update(zip(names.init, inits))
     values.update(zip(names.param, tensors[n_states:]))
     spike_seq = buffers.empty_like(x_seq)
-    v_seq = buffers.empty_like(x_seq) if cfg.store_v_seq else x_seq.new_empty(0)
+    seqs = [buffers.empty_like(x_seq) for _ in names.seq]
     finals = [torch.empty_like(t) for t in inits]
     saved = [buffers.empty_like(x_seq) for _ in names.saved_out] if cfg.save else []
-    values[names.spike], values[names.v_seq] = spike_seq, v_seq
+    values[names.spike] = spike_seq
+    values.update(zip(names.seq, seqs))
     values.update(zip(names.final, finals))
     values.update(zip(names.saved_out, saved))
     plan.launch("forward", cfg, values, N, T, x_seq.device)
-    return [spike_seq, v_seq, *finals], saved
+    return [spike_seq, *seqs, *finals], saved
 
 
-def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
-    """Run the backward kernel; ``None`` gradients count as zeros.
+def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals):
+    """Run the backward kernel; ``None`` gradients count as zeros (``g_seqs``: one per
+    recorded state).
 
     Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or
     None])``."""
@@ -54,14 +57,13 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_vseq, g_finals):
     params = dict(zip(plan.tensor_params, tensors[n_states:]))
     T, N = x_seq.shape
     io = dict(dtype=x_seq.dtype, device=x_seq.device)
-    use_vseq = plan.cfg.store_v_seq and g_vseq is not None
-    cfg = plan.backward_cfg(use_vseq)
+    cfg = plan.backward_cfg(tuple(s for s, g in zip(plan.cfg.record, g_seqs) if g is not None))
     zeros_n = buffers.constant((N,), 0.0, io["dtype"], io["device"])
     values = {names.T: T, names.N: N, names.x: x_seq,
               names.grad_spike: (g_spike.contiguous() if g_spike is not None
                                  else torch.zeros(T, N, **io))}
-    if use_vseq:
-        values[names.grad_v_seq] = g_vseq.contiguous()
+    values.update((name, g.contiguous())
+                  for name, g in zip(names.grad_seq, g_seqs) if g is not None)
     values.update((name, g.contiguous() if g is not None else zeros_n)
                   for name, g in zip(names.grad_final, g_finals))
     values.update(zip(names.saved, saved))
@@ -91,23 +93,22 @@ class MultiStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: Plan, x_seq, *tensors):
-        # outputs the loss does not use (final states, v_seq) get None, not zero tensors
+        # outputs the loss does not use (final states, recorded ones) get None, not zeros
         # autograd would fill per call; run_backward reads None as zeros
         ctx.set_materialize_grads(False)
         outputs, saved = run_forward(plan, x_seq, tensors)
         if plan.cfg.save:
             ctx.save_for_backward(x_seq, *tensors, *saved)
             ctx.plan, ctx.n_tensors = plan, len(tensors)
-        if not plan.cfg.store_v_seq:
-            ctx.mark_non_differentiable(outputs[1])
         return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, g_spike, g_vseq, *g_finals):
+    def backward(ctx, g_spike, *g_rest):
         x_seq, *rest = ctx.saved_tensors
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        n_rec = len(ctx.plan.cfg.record)
         grad_x, grad_inits, param_grads = run_backward(ctx.plan, x_seq, tensors, saved,
-                                                       g_spike, g_vseq, g_finals)
+                                                       g_spike, g_rest[:n_rec], g_rest[n_rec:])
         return (None, grad_x, *grad_inits, *param_grads)
 
 
@@ -174,8 +175,7 @@ if AVAILABLE:
     def _(key, x_seq, tensors, scalars):
         plan = PLANS.by_key(key)
         n_states = len(plan.model.state_names)
-        out = [torch.empty_like(x_seq),
-               torch.empty_like(x_seq) if plan.cfg.store_v_seq else x_seq.new_empty(0)]
+        out = [torch.empty_like(x_seq) for _ in range(1 + len(plan.cfg.record))]
         out += [torch.empty_like(t) for t in tensors[:n_states]]
         if plan.cfg.save:
             out += [torch.empty_like(x_seq) for _ in plan.backward_info().saved]
@@ -187,8 +187,10 @@ if AVAILABLE:
                             grads: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
         plan = _plan(key, scalars)
         n_states = len(plan.model.state_names)
+        n_rec = len(plan.cfg.record)
         grad_x, grad_inits, param_grads = run_backward(plan, x_seq, tensors, saved, grads[0],
-                                                       grads[1], grads[2:2 + n_states])
+                                                       grads[1:1 + n_rec],
+                                                       grads[1 + n_rec:1 + n_rec + n_states])
         # a custom op returns tensors only: zeros for parameters that are not learnable
         # (_backward turns them back into None)
         params = tensors[n_states:]
@@ -202,7 +204,7 @@ if AVAILABLE:
     def _setup_context(ctx, inputs, output):
         key, x_seq, tensors, scalars = inputs
         plan = PLANS.by_key(key)
-        n_out = 2 + len(plan.model.state_names)
+        n_out = 1 + len(plan.cfg.record) + len(plan.model.state_names)
         ctx.key, ctx.scalars, ctx.n_tensors = key, scalars, len(tensors)
         ctx.save_for_backward(x_seq, *tensors, *output[n_out:])
 
@@ -211,9 +213,9 @@ if AVAILABLE:
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         plan = PLANS.by_key(ctx.key)
         n_states = len(plan.model.state_names)
-        g_vseq = grads[1] if plan.cfg.store_v_seq else None
+        n_grads = 1 + len(plan.cfg.record) + n_states
         out = _multistep_backward(ctx.key, ctx.scalars, x_seq, list(tensors), list(saved),
-                                  [grads[0], g_vseq, *grads[2:2 + n_states]])
+                                  list(grads[:n_grads]))
         learnable = set(plan.cfg.learnable)
         param_grads = [g if k in learnable else None
                        for k, g in zip(plan.tensor_params, out[1 + n_states:])]

@@ -23,16 +23,22 @@ class KernelConfig:
     """
     surrogate: sg.Surrogate = field(default_factory=sg.Sigmoid)
     detach_reset: bool = False
-    store_v_seq: bool = False
+    record: Tuple[str, ...] = ()        # states whose per-step values the forward stores
     save: bool = True
     learnable: Tuple[str, ...] = ()
     param_kinds: Tuple[Tuple[str, str], ...] = ()
-    grad_v_seq: bool = False
+    grad_record: Tuple[str, ...] = ()   # recorded states the backward gets a gradient of
 
     def key(self) -> str:
         return (f"surrogate={self.surrogate.structure()};detach={self.detach_reset};"
-                f"vseq={self.store_v_seq};save={self.save};learn={','.join(self.learnable)};"
-                f"params={self.param_kinds};gvseq={self.grad_v_seq}")
+                f"record={','.join(self.record)};save={self.save};"
+                f"learn={','.join(self.learnable)};params={self.param_kinds};"
+                f"grecord={','.join(self.grad_record)}")
+
+    @property
+    def store_v_seq(self) -> bool:
+        """Whether any state is recorded (the first one with ``store_v_seq=True``)."""
+        return bool(self.record)
 
     def kind_of(self, param: str) -> str:
         return dict(self.param_kinds).get(param, "scalar")
@@ -53,6 +59,11 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
             raise ValueError(f"learnable names unknown parameter {k!r}")
         if kinds.get(k, "scalar") == "scalar":
             kinds[k] = "shared"  # a learnable value lives in a tensor
+    record = check_record(model, options.pop("record", ()), options.pop("store_v_seq", False))
+    grad_record = options.pop("grad_record", ())
+    if options.pop("grad_v_seq", False):
+        grad_record = (model.v_name,) + tuple(grad_record)
+    grad_record = tuple(s for s in record if s in set(grad_record))
     surrogate = options.pop("surrogate", None) or options.pop("surrogate_function", None)
     if surrogate is None:
         surrogate = sg.Sigmoid()
@@ -64,8 +75,28 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
     cfg = KernelConfig(surrogate=surrogate,
                        param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
                        learnable=tuple(k for k in model.param_names if k in learnable),
-                       **options)
+                       record=record, grad_record=grad_record, **options)
     return cfg
+
+
+def check_record(model: NeuronModel, record, store_v_seq=False) -> Tuple[str, ...]:
+    """The states to record, in the model's order, checked (``store_v_seq=True`` adds the
+    first state)."""
+    from .errors import SpecError
+    if isinstance(record, str):
+        record = (record,)
+    try:
+        names = list(record or ())
+    except TypeError:
+        raise SpecError(f"record must be a tuple of state names such as ('v', 'w'), got "
+                        f"{type(record).__name__}") from None
+    for s in names:
+        if not isinstance(s, str) or s not in model.state_names:
+            raise SpecError(f"record names {s!r}, which is not a state of {model.name!r}; its "
+                            f"states are {list(model.state_names)}")
+    if store_v_seq:
+        names.append(model.v_name)
+    return tuple(s for s in model.state_names if s in names)
 
 
 
@@ -81,4 +112,4 @@ def backward_of(model: NeuronModel, cfg: KernelConfig) -> Backward:
     return derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)[1]
 
 
-__all__ = ["KernelConfig", "make_config", "derivation", "backward_of", "PARAM_KINDS"]
+__all__ = ["KernelConfig", "make_config", "check_record", "derivation", "backward_of", "PARAM_KINDS"]

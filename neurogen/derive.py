@@ -22,7 +22,7 @@ import sympy as sp
 
 from .spec.functions import surrogate_at
 from .spec.model import spike, spike_d
-from .stages import SPIKE, U, FireStage, P, Step
+from .stages import OUT, SPIKE, U, FireStage, P, Step
 
 SG = sp.Symbol("ng_sg")
 GSPIKE = sp.Symbol("ng_gspike")
@@ -96,33 +96,42 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
     adj: Dict[sp.Symbol, sp.Expr] = {}
     for s in step.states:
         adj[step.final[s]] = adj.get(step.final[s], 0) + G(s)
-    adj[SPIKE] = GSPIKE
+    adj[step.output] = GSPIKE  # the gradient w.r.t. the step's output (the spike by default)
     gx = sp.Integer(0)
     gp = {k: sp.Integer(0) for k in params}
+
+    def back(a, reads):
+        nonlocal gx
+        g = adj.pop(a.target, 0)
+        if g == 0:
+            return
+        for q in step.states:
+            d = sp.diff(a.expr, reads[q])
+            if d != 0:
+                adj[reads[q]] = adj.get(reads[q], 0) + g * d
+        if a.expr.has(spike) or a.expr.has(spike_d):
+            d = d_spike(a.expr)
+            if d != 0:
+                adj[SPIKE] = adj.get(SPIKE, 0) + g * d
+        gx += g * sp.diff(a.expr, step.x)
+        for p in params:
+            gp[p] += g * sp.diff(a.expr, p)
+
     for k in reversed(range(len(step.stages))):
         stage, reads = step.stages[k], step.reads[k]
         assigns = step.stage_assignments(k)
         if isinstance(stage, FireStage):
+            # in reverse order: the output (reads the spike), the spike, the fire value
+            for a in assigns:
+                if a.target == OUT:
+                    back(a, reads)
             gsp = emit("ng_gsp", adj.pop(SPIKE, 0))
             surrogate_at_u = surrogate_derivative.xreplace({sp.Symbol("u"): U})
             emit(SG.name, surrogate_at_u)
             adj[U] = emit("ng_gu", gsp * SG)
-            assigns = [a for a in assigns if not a.spike]
+            assigns = [a for a in assigns if a.target == U]
         for a in assigns:
-            g = adj.pop(a.target, 0)
-            if g == 0:
-                continue
-            for q in step.states:
-                d = sp.diff(a.expr, reads[q])
-                if d != 0:
-                    adj[reads[q]] = adj.get(reads[q], 0) + g * d
-            if a.expr.has(spike) or a.expr.has(spike_d):
-                d = d_spike(a.expr)
-                if d != 0:
-                    adj[SPIKE] = adj.get(SPIKE, 0) + g * d
-            gx += g * sp.diff(a.expr, step.x)
-            for p in params:
-                gp[p] += g * sp.diff(a.expr, p)
+            back(a, reads)
         if stage.grad_tag is not None:
             for q in step.states:
                 e = adj.get(reads[q], sp.Integer(0))

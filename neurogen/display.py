@@ -16,9 +16,14 @@ def model_text(model) -> str:
                                           for s in model.state_names))
     lines.append("  params: " + (", ".join(f"{k}={v!r}" for k, v in model.defaults.items())
                                  or "none"))
+    if model.refractory is not None:
+        lines.append(f"  refractory: {model.refractory} step(s) after a spike (counter state "
+                     f"'refractory'); holds {', '.join(model.refractory_hold)}")
     for stage in model.stages:
         if isinstance(stage, FireStage):
             lines.append(f"  {stage.name:<10} spike = Heaviside({stage.fire(model)})")
+            if stage.output(model) is not None:
+                lines.append(f"  {'output':<10} {stage.output(model)}")
         for s, e in stage.equations(model).items():
             lines.append(f"  {stage.name:<10} {s} <- {e}")
     return "\n".join(lines)
@@ -40,6 +45,9 @@ def model_latex(model) -> str:
         if isinstance(stage, FireStage):
             rows.append(rf"\text{{{stage.name}}}:\ & {names[spike]} = "
                         rf"\Theta\left({sp.latex(stage.fire(model))}\right)")
+            if stage.output(model) is not None:
+                rows.append(r"\text{output}:\ & "
+                            + sp.latex(stage.output(model), symbol_names=names))
         for s, e in stage.equations(model).items():
             rows.append(rf"\text{{{stage.name}}}:\ & {sp.latex(sp.Symbol(s))} \leftarrow "
                         rf"{sp.latex(e, symbol_names=names)}")

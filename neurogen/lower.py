@@ -105,9 +105,8 @@ def _forward(model, step, bw, cfg, b):
         # stored before the state updates below, which overwrite a state's previous value
         body += [Store(name("saved_out", abi.saved_key(y)), STEP, y) for y in bw.saved]
     body += [Set(s, step.final[s]) for s in model.state_names if step.final[s] != P(s)]
-    body.append(Store(name("spike"), STEP, SPIKE))
-    if cfg.store_v_seq:
-        body.append(Store(name("v_seq"), STEP, P(model.v_name)))
+    body.append(Store(name("spike"), STEP, step.output))
+    body += [Store(name("seq", s), STEP, P(s)) for s in cfg.record]  # (after reset)
     before = [Load(s, name("init", s), NEURON, "var") for s in model.state_names]
     after = [Store(name("final", s), NEURON, P(s)) for s in model.state_names]
     return dict(before=before, step=body, after=after, carried=list(model.state_names))
@@ -146,9 +145,9 @@ def _backward(model, step, bw, cfg, b):
         out += _stage_lets(b, step, [step.defs[y] for y in bw.recompute])
         if bw.surrogate is not None:  # one statement (a target may compute it apart)
             out += b.lets([(SG, bw.surrogate)], cse=False)
-        if cfg.grad_v_seq:
-            out.append(Load("ng_gvseq", name("grad_v_seq"), STEP))
-            out.append(Set(str(G(model.v_name)), sp.Symbol("ng_gvseq"), accumulate=True))
+        for s in cfg.grad_record:
+            out.append(Load(f"ng_gseq_{s}", name("grad_seq", s), STEP))
+            out.append(Set(str(G(s)), sp.Symbol(f"ng_gseq_{s}"), accumulate=True))
         out.append(Load(str(GSPIKE), name("grad_spike"), STEP))
         out += b.lets([(sp.Symbol(n), collect_linear(e, b.invariant))
                        for n, e in bw.outputs.items()])

@@ -8,6 +8,7 @@ from torch import nn
 from . import buffers, reference, targets
 from . import surrogate as sg
 from .autograd import compiling, constant_result
+from .config import check_record
 from .spec.model import NeuronModel
 
 
@@ -17,7 +18,10 @@ class NeuronModule(nn.Module):
     Keyword arguments named like the model's parameters override them: a float
     (fixed), a tensor broadcastable to the neuron shape (per-neuron, fixed) or
     an ``nn.Parameter`` (learnable). States are attributes (``node.v``) and
-    persist across calls until :meth:`reset`.
+    persist across calls until :meth:`reset`. ``record=("v", "w")`` keeps each named
+    state's values after every step as ``node.v_seq``, ``node.w_seq`` (``[T, *shape]``,
+    differentiable); ``store_v_seq=True`` records the firing state. The module returns
+    the model's output (the spikes unless the model declares ``output=``).
 
     >>> import neurogen as ng, torch
     >>> lif = ng.NeuronModel("lif", states={"v": 0.0}, params={"tau": 2.0},
@@ -30,7 +34,7 @@ class NeuronModule(nn.Module):
 
     def __init__(self, model: NeuronModel, surrogate_function: Optional[sg.Surrogate] = None,
                  detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
-                 store_v_seq: bool = False, **params):
+                 store_v_seq: bool = False, record=(), **params):
         super().__init__()
         if not isinstance(model, NeuronModel):
             raise TypeError(f"model must be a NeuronModel, got {type(model).__name__}")
@@ -43,13 +47,15 @@ class NeuronModule(nn.Module):
         self.detach_reset = bool(detach_reset)
         self.step_mode = step_mode
         self.backend = backend
-        self.store_v_seq = bool(store_v_seq)
+        self.__dict__["_record"] = check_record(model, record, store_v_seq)
         unknown = set(params) - set(model.param_names)
         if unknown:
             raise TypeError(f"{model.name} has no parameter(s) {sorted(unknown)}; "
                             f"its parameters are {list(model.param_names)}")
+        taken = {"model", "backend", "step_mode", "record", "v_seq"} | {
+            f"{s}_seq" for s in model.state_names}
         for k in model.param_names:
-            if hasattr(nn.Module, k) or k in ("model", "backend", "step_mode", "v_seq"):
+            if hasattr(nn.Module, k) or k in taken:
                 raise ValueError(f"parameter name {k!r} clashes with a module attribute; "
                                  "rename it in the model")
             self.set_param(k, params.get(k, model.defaults[k]))
@@ -77,6 +83,26 @@ class NeuronModule(nn.Module):
                             f"{type(name).__name__}")
         self.__dict__["_backend"] = targets.canonical(name)
 
+    @property
+    def record(self):
+        """The recorded states (``node.<state>_seq`` after a multi-step call)."""
+        return self._record
+
+    @record.setter
+    def record(self, names):
+        self.__dict__["_record"] = check_record(self.model, names)
+        self.reset_records()
+
+    @property
+    def store_v_seq(self):
+        """Whether the firing state is recorded (``node.v_seq``)."""
+        return self.model.v_name in self._record
+
+    @store_v_seq.setter
+    def store_v_seq(self, on):
+        rest = tuple(s for s in self._record if s != self.model.v_name)
+        self.record = rest + ((self.model.v_name,) if on else ())
+
     def set_param(self, name: str, value):
         """Set parameter ``name`` to a float, a tensor, or an ``nn.Parameter``."""
         if name not in self.model.param_names:
@@ -96,6 +122,18 @@ class NeuronModule(nn.Module):
         else:
             raise TypeError(f"parameter {name!r} must be a float, a tensor or an nn.Parameter, "
                             f"got {type(value).__name__}")
+        if name == self.model.refractory:
+            self._check_refractory(name, value)
+
+    def _check_refractory(self, name, value):
+        """The parameter holding the refractory period: whole steps >= 0, not learnable."""
+        if isinstance(value, nn.Parameter) and value.requires_grad:
+            raise ValueError(f"parameter {name!r} is the refractory period (whole steps) and "
+                             "cannot be learnable; pass a float or a tensor")
+        v = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
+        if not bool(((v == v.round()) & (v >= 0)).all()):
+            raise ValueError(f"parameter {name!r} is the refractory period and must be a whole "
+                             f"number of steps >= 0, got {value}")
 
     def param_values(self):
         return {k: getattr(self, k) for k in self.model.param_names}
@@ -114,30 +152,44 @@ class NeuronModule(nn.Module):
             super().__setattr__(name, value)
 
     def reset(self):
-        """Return every state to its initial value and forget ``v_seq``."""
+        """Return every state to its initial value and forget the recorded values."""
         for s in self.model.state_names:
             self._memories[s] = None
-        self._memories["v_seq"] = None
-        self.__dict__["_v_list"] = []
+        self.reset_records()
+
+    def reset_records(self):
+        """Forget the recorded values."""
+        for name in [k for k in self._memories if k.endswith("_seq")]:
+            del self._memories[name]
+        for name in self._seq_names():
+            self._memories[name] = None
+        self.__dict__["_seq_lists"] = {s: [] for s in self.record}
+
+    def _seq_names(self):
+        """The attributes of the recorded values (``v_seq`` always exists)."""
+        return ["v_seq"] + [f"{s}_seq" for s in self.record if f"{s}_seq" != "v_seq"]
 
     def detach(self):
         """Cut the states from the autograd graph (truncated BPTT; SJ's ``detach_net``)."""
         self._memories.update(_detached(self._memories))
-        self.__dict__["_v_list"] = [v.detach() for v in self._v_list]
+        self.__dict__["_seq_lists"] = {s: [v.detach() for v in lst]
+                                       for s, lst in self._seq_lists.items()}
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .double() / .cuda() move the states too, as they do in SpikingJelly
         for k, v in self._memories.items():
             if isinstance(v, torch.Tensor):
                 self._memories[k] = fn(v)
-        self.__dict__["_v_list"] = [fn(v) for v in self._v_list]
+        self.__dict__["_seq_lists"] = {s: [fn(v) for v in lst]
+                                       for s, lst in self._seq_lists.items()}
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):
         # deepcopy/pickle: states carry no autograd graph (torch cannot copy a non-leaf tensor)
         state = super().__getstate__()
         state["_memories"] = _detached(state["_memories"], graph_only=True)
-        state["_v_list"] = [v if v.grad_fn is None else v.detach() for v in state["_v_list"]]
+        state["_seq_lists"] = {s: [v if v.grad_fn is None else v.detach() for v in lst]
+                               for s, lst in state["_seq_lists"].items()}
         return state
 
     def _initial_states(self, like: torch.Tensor, shape, params):
@@ -206,16 +258,19 @@ class NeuronModule(nn.Module):
             target = targets.get(_target_when_compiling(self, x_seq))
         else:
             target = targets.resolve(self.backend, x_seq)
-        spike_seq, v_seq, finals = target.run(self, x_seq, states, params)
+        out_seq, seqs, finals = target.run(self, x_seq, states, params)
         for s in self.model.state_names:
             self._memories[s] = finals[s]
-        if self.store_v_seq:
+        for s in self.record:
             if _single:
-                self._v_list.append(v_seq[0])
-                self._memories["v_seq"] = torch.stack(self._v_list)
+                self._seq_lists[s].append(seqs[s][0])
+                seq = torch.stack(self._seq_lists[s])
             else:
-                self._memories["v_seq"] = v_seq
-        return spike_seq
+                seq = seqs[s]
+            self._memories[f"{s}_seq"] = seq
+            if s == self.model.v_name:
+                self._memories["v_seq"] = seq
+        return out_seq
 
     def _check_param_devices(self, x, params):
         for k, value in params.items():
@@ -227,7 +282,7 @@ class NeuronModule(nn.Module):
         parts = [f"{k}={v if not isinstance(v, torch.Tensor) else tuple(v.shape)}"
                  for k, v in self.param_values().items()]
         parts += [f"detach_reset={self.detach_reset}", f"step_mode={self.step_mode}",
-                  f"backend={self.backend}", f"store_v_seq={self.store_v_seq}",
+                  f"backend={self.backend}", f"record={self.record}",
                   f"surrogate_function={self.surrogate_function!r}"]
         return ", ".join(parts)
 

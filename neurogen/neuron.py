@@ -39,11 +39,18 @@ class _LibraryNode(NeuronModule):
     """Shared constructor plumbing: build the spec, then a NeuronModule on it."""
 
     def __init__(self, model, params, surrogate_function, detach_reset, step_mode, backend,
-                 store_v_seq, v_reset):
+                 store_v_seq, v_reset, refractory=0, record=()):
         if v_reset is None:
             params.pop("v_reset", None)
+        if refractory != 0:  # (0: SpikingJelly's neuron, bitwise)
+            if isinstance(refractory, str):
+                raise SpecError("library neurons take refractory= as a whole number of steps; "
+                                "for a period held in a parameter declare the model "
+                                "(spec.replace(params=..., refractory='t_ref'))")
+            model = model.replace(refractory=refractory)
         super().__init__(model, surrogate_function=surrogate_function, detach_reset=detach_reset,
-                         step_mode=step_mode, backend=backend, store_v_seq=store_v_seq, **params)
+                         step_mode=step_mode, backend=backend, store_v_seq=store_v_seq,
+                         record=record, **params)
         if v_reset is None:
             self.__dict__["v_reset"] = None
 
@@ -118,10 +125,11 @@ class IFNode(_LibraryNode):
     spec = if_spec()
 
     def __init__(self, v_threshold=1.0, v_reset: Optional[float] = 0.0, surrogate_function=None,
-                 detach_reset=False, step_mode="s", backend="auto", store_v_seq=False):
+                 detach_reset=False, step_mode="s", backend="auto", store_v_seq=False,
+                 *, refractory=0, record=()):
         super().__init__(if_spec(v_reset is None),
                          dict(v_threshold=v_threshold, v_reset=v_reset), surrogate_function,
-                         detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         detach_reset, step_mode, backend, store_v_seq, v_reset, refractory, record)
 
 
 class LIFNode(_LibraryNode):
@@ -130,13 +138,14 @@ class LIFNode(_LibraryNode):
 
     def __init__(self, tau=2.0, decay_input=True, v_threshold=1.0, v_reset: Optional[float] = 0.0,
                  surrogate_function=None, detach_reset=False, step_mode="s", backend="auto",
-                 store_v_seq=False):
+                 store_v_seq=False, *, refractory=0, record=()):
         if _is_number(tau):
             _require(tau > 1.0, f"LIFNode needs tau > 1 (as SpikingJelly asserts), got tau={tau}")
         self.decay_input = decay_input
         super().__init__(lif_spec(v_reset is None, bool(decay_input)),
                          dict(tau=tau, v_threshold=v_threshold, v_reset=v_reset),
-                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+                         refractory, record)
 
 
 class ParametricLIFNode(_LibraryNode):
@@ -145,7 +154,7 @@ class ParametricLIFNode(_LibraryNode):
 
     def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0,
                  v_reset: Optional[float] = 0.0, surrogate_function=None, detach_reset=False,
-                 step_mode="s", backend="auto", store_v_seq=False):
+                 step_mode="s", backend="auto", store_v_seq=False, *, refractory=0, record=()):
         import torch
         _require(_is_number(init_tau) and init_tau > 1.0,
                  f"ParametricLIFNode needs init_tau > 1, got init_tau={init_tau}")
@@ -153,7 +162,8 @@ class ParametricLIFNode(_LibraryNode):
         w = torch.nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
         super().__init__(plif_spec(v_reset is None, bool(decay_input)),
                          dict(w=w, v_threshold=v_threshold, v_reset=v_reset),
-                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+                         refractory, record)
 
 
 class QIFNode(_LibraryNode):
@@ -162,7 +172,7 @@ class QIFNode(_LibraryNode):
 
     def __init__(self, tau=2.0, v_c=0.8, a0=1.0, v_threshold=1.0, v_rest=0.0,
                  v_reset: Optional[float] = -0.1, surrogate_function=None, detach_reset=False,
-                 step_mode="s", backend="auto", store_v_seq=False):
+                 step_mode="s", backend="auto", store_v_seq=False, *, refractory=0, record=()):
         if _is_number(tau):
             _require(tau > 1.0, f"QIFNode needs tau > 1, got tau={tau}")
         if _is_number(a0):
@@ -171,7 +181,8 @@ class QIFNode(_LibraryNode):
         super().__init__(qif_spec(v_reset is None),
                          dict(tau=tau, v_c=v_c, a0=a0, v_threshold=v_threshold, v_rest=v_rest,
                               v_reset=v_reset),
-                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+                         refractory, record)
 
 
 class EIFNode(_LibraryNode):
@@ -180,7 +191,7 @@ class EIFNode(_LibraryNode):
 
     def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0,
                  v_reset: Optional[float] = -0.1, surrogate_function=None, detach_reset=False,
-                 step_mode="s", backend="auto", store_v_seq=False):
+                 step_mode="s", backend="auto", store_v_seq=False, *, refractory=0, record=()):
         if _is_number(tau):
             _require(tau > 1.0, f"EIFNode needs tau > 1, got tau={tau}")
         if _is_number(delta_T):
@@ -189,7 +200,8 @@ class EIFNode(_LibraryNode):
         super().__init__(eif_spec(v_reset is None),
                          dict(tau=tau, delta_T=delta_T, theta_rh=theta_rh,
                               v_threshold=v_threshold, v_rest=v_rest, v_reset=v_reset),
-                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+                         refractory, record)
 
 
 # ---- CUBA LIF -----------------------------------------------------------------------------
@@ -209,12 +221,12 @@ class CUBALIFNode(_LibraryNode):
 
     def __init__(self, c_decay=0.5, v_decay=0.75, v_threshold=0.5, v_reset: Optional[float] = 0.0,
                  surrogate_function=None, detach_reset=False, step_mode="s", backend="auto",
-                 store_v_seq=False):
+                 store_v_seq=False, *, refractory=0, record=()):
         super().__init__(cuba_lif_spec(v_reset is None),
                          dict(c_decay=c_decay, v_decay=v_decay, v_threshold=v_threshold,
                               v_reset=v_reset),
                          surrogate_function if surrogate_function is not None else sg.Rect(),
-                         detach_reset, step_mode, backend, store_v_seq, v_reset)
+                         detach_reset, step_mode, backend, store_v_seq, v_reset, refractory, record)
 
 
 # ---- adaptive neurons (the seed's AdaptBaseNode family) -----------------------------------
@@ -245,7 +257,8 @@ class AdaptBaseNode(_LibraryNode):
 
     def __init__(self, v_threshold=1.0, v_reset: Optional[float] = 0.0, v_rest=0.0, w_rest=0.0,
                  tau_w=2.0, a=0.0, b=0.0, surrogate_function=None, detach_reset=False,
-                 step_mode="s", backend="auto", store_v_seq=False, *, charge=None,
+                 step_mode="s", backend="auto", store_v_seq=False,
+                 *, refractory=0, record=(), charge=None,
                  extra_params=None, name="adaptive_node", **extra_values):
         if charge is None:
             raise NotImplementedError(
@@ -259,7 +272,7 @@ class AdaptBaseNode(_LibraryNode):
         values.update(v_threshold=v_threshold, v_reset=v_reset, v_rest=v_rest, w_rest=w_rest,
                       tau_w=tau_w, a=a, b=b)
         super().__init__(model, values, surrogate_function, detach_reset, step_mode, backend,
-                         store_v_seq, v_reset)
+                         store_v_seq, v_reset, refractory, record)
 
 
 IZHIKEVICH_CHARGE = "v + (x + a0 * (v - v_rest) * (v - v_c) - w) / tau"
@@ -284,7 +297,8 @@ class IzhikevichNode(AdaptBaseNode):
 
     def __init__(self, tau=2.0, v_c=0.8, a0=1.0, v_threshold=1.0, v_reset: Optional[float] = 0.0,
                  v_rest=-0.1, w_rest=0.0, tau_w=2.0, a=0.0, b=0.0, surrogate_function=None,
-                 detach_reset=False, step_mode="s", backend="auto", store_v_seq=False):
+                 detach_reset=False, step_mode="s", backend="auto", store_v_seq=False,
+                 *, refractory=0, record=()):
         if _is_number(tau):
             _require(tau > 1.0, f"IzhikevichNode needs tau > 1, got tau={tau}")
         if _is_number(a0):
@@ -293,7 +307,8 @@ class IzhikevichNode(AdaptBaseNode):
             self, izhikevich_spec(v_reset is None),
             dict(tau=tau, v_c=v_c, a0=a0, v_threshold=v_threshold, v_reset=v_reset,
                  v_rest=v_rest, w_rest=w_rest, tau_w=tau_w, a=a, b=b),
-            surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+            surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+            refractory, record)
 
 
 class AdExNode(AdaptBaseNode):
@@ -303,7 +318,7 @@ class AdExNode(AdaptBaseNode):
     def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0,
                  v_reset: Optional[float] = -0.1, v_rest=0.0, w_rest=0.0, tau_w=2.0, a=0.0,
                  b=0.0, surrogate_function=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_v_seq=False):
+                 backend="auto", store_v_seq=False, *, refractory=0, record=()):
         if _is_number(tau):
             _require(tau > 1.0, f"AdExNode needs tau > 1, got tau={tau}")
         if _is_number(delta_T):
@@ -312,7 +327,8 @@ class AdExNode(AdaptBaseNode):
             self, adex_spec(v_reset is None),
             dict(tau=tau, delta_T=delta_T, theta_rh=theta_rh, v_threshold=v_threshold,
                  v_reset=v_reset, v_rest=v_rest, w_rest=w_rest, tau_w=tau_w, a=a, b=b),
-            surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset)
+            surrogate_function, detach_reset, step_mode, backend, store_v_seq, v_reset,
+            refractory, record)
 
 
 LIBRARY = {cls.__name__: cls for cls in (IFNode, LIFNode, ParametricLIFNode, QIFNode, EIFNode,

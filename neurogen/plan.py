@@ -31,10 +31,10 @@ class Plan:
     scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
     tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
 
-    # (kind, grad_v_seq, device) -> (kernel, packer, cache generation); not part of the value
+    # (kind, grad_record, device) -> (kernel, packer, cache generation); not part of the value
     _kernels: dict = field(default_factory=dict, init=False, compare=False, hash=False,
                            repr=False)
-    # the derived backward, the backward's configuration with and without a v_seq gradient
+    # the derived backward, the backward's configuration per set of recorded gradients
     _memo: dict = field(default_factory=dict, init=False, compare=False, hash=False,
                         repr=False)
 
@@ -56,10 +56,13 @@ class Plan:
             bw = self._memo["bw"] = backward_of(self.model, self.cfg)
         return bw
 
-    def backward_cfg(self, grad_v_seq: bool) -> KernelConfig:
-        cfg = self._memo.get(grad_v_seq)
+    def backward_cfg(self, grad_record: Tuple[str, ...]) -> KernelConfig:
+        """The backward's configuration when the recorded states ``grad_record`` have a
+        gradient (the others read as zeros)."""
+        key = ("grad_record", grad_record)
+        cfg = self._memo.get(key)
         if cfg is None:
-            cfg = self._memo[grad_v_seq] = dataclasses.replace(self.cfg, grad_v_seq=grad_v_seq)
+            cfg = self._memo[key] = dataclasses.replace(self.cfg, grad_record=grad_record)
         return cfg
 
     @property
@@ -71,11 +74,11 @@ class Plan:
         return names
 
     def launch(self, kind, cfg, values: Dict[str, object], n: int, T: int, device):
-        """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_v_seq``
+        """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_record``
         set per call; the kernel and its argument packer are made once per plan."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
-        key = (kind, cfg.grad_v_seq, device)
+        key = (kind, cfg.grad_record, device)
         entry = self._kernels.get(key)
         if entry is None or entry[2] != cache.generation:
             generation = cache.generation  # read first: a forget during the build wins
@@ -94,15 +97,16 @@ class Names:
         states, bw = plan.model.state_names, plan.backward_info()
         saved = [abi.saved_key(y) for y in bw.saved]
         self.x, self.T, self.N = n("x"), n("T"), n("N")
-        self.spike, self.v_seq = n("spike"), n("v_seq")
+        self.spike = n("spike")
+        self.seq = [n("seq", s) for s in plan.cfg.record]
         self.init = [n("init", s) for s in states]
         self.final = [n("final", s) for s in states]
         self.param = [n("param", k) for k in plan.tensor_params]
         self.saved_out = [n("saved_out", k) for k in saved]
         self.saved = [n("saved", k) for k in saved]
         self.needs_init = [(states.index(s), n("init", s)) for s in bw.needs_init]
-        self.grad_spike, self.grad_v_seq, self.grad_x = (n("grad_spike"), n("grad_v_seq"),
-                                                         n("grad_x"))
+        self.grad_spike, self.grad_x = n("grad_spike"), n("grad_x")
+        self.grad_seq = [n("grad_seq", s) for s in plan.cfg.record]
         self.grad_final = [n("grad_final", s) for s in states]
         self.grad_init = [n("grad_init", s) for s in states]
         self.grad_param = {k: n("grad_param", k) for k in plan.cfg.learnable}
@@ -197,12 +201,12 @@ def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
     """The plan of a call of ``module`` (from the cache while nothing it depends on
     changes)."""
     key = (module.model, module.surrogate_function.key(), module.detach_reset,
-           module.store_v_seq, target.name, dtype, tuple(dict(kinds).items()),
+           module.record, target.name, dtype, tuple(dict(kinds).items()),
            tuple(learnable), needs_grad, tuple(tensor_params), tuple(scalars))
 
     def build():
         cfg = make_config(module.model, surrogate=module.surrogate_function,
-                          detach_reset=module.detach_reset, store_v_seq=module.store_v_seq,
+                          detach_reset=module.detach_reset, record=module.record,
                           save=needs_grad, learnable=tuple(learnable) if needs_grad else (),
                           param_kinds=tuple(dict(kinds).items()))
         values = list(scalars) + list(module.surrogate_function.kernel_values().items())
@@ -212,8 +216,8 @@ def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
 
 
 def run_kernels(target, module, x_seq, states, params):
-    """A multi-step call of ``module`` on ``target``'s kernels: ``(spike_seq, v_seq or
-    None, {state: final})`` shaped like the input."""
+    """A multi-step call of ``module`` on ``target``'s kernels: ``(output_seq, {recorded
+    state: its values}, {state: final})`` shaped like the input."""
     model = module.model
     T, shape = x_seq.shape[0], x_seq.shape[1:]
     N = math.prod(shape)
@@ -226,10 +230,11 @@ def run_kernels(target, module, x_seq, states, params):
     x2d = as_shape(x_seq, (T, N)).contiguous()
     out = autograd.multi_step(module, target, dtype, kinds, learnable if needs_grad else [],
                               needs_grad, tensor_params, scalars, x2d, inits + tensors)
-    spike_seq, v_seq, finals = out[0], out[1], out[2:2 + len(model.state_names)]
+    n_rec = len(module.record)
+    seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(module.record, out[1:1 + n_rec])}
+    finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]
     finals = {s: as_shape(f, shape) for s, f in zip(model.state_names, finals)}
-    v_seq = as_shape(v_seq, x_seq.shape) if module.store_v_seq else None
-    return as_shape(spike_seq, x_seq.shape), v_seq, finals
+    return as_shape(out[0], x_seq.shape), seqs, finals
 
 
 def as_shape(t, shape):

@@ -152,36 +152,42 @@ def spike_fn(u, surrogate):
     return SpikeFunction.apply(u, surrogate)
 
 
-def multi_step(model, x_seq, states, params, surrogate, detach_reset=False):
+def multi_step(model, x_seq, states, params, surrogate, detach_reset=False, record=()):
     """Run ``model`` over ``x_seq`` [T, ...] from ``states`` (name -> tensor).
 
     ``params`` maps each parameter name to a float or tensor. Returns
-    ``(spike_seq, v_seq, final_states)``; differentiable by autograd. Each step runs the
-    model's stage list (``model.stages``) in order, every stage reading the states' current
-    values; the fire stage thresholds with :class:`SpikeFunction`.
+    ``(output_seq, {recorded state: its values after each step}, final_states)``;
+    differentiable by autograd. The output is the spike unless the model declares an
+    ``output``. Each step runs the model's stage list (``model.stages``) in order, every
+    stage reading the states' current values; the fire stage thresholds with
+    :class:`SpikeFunction`.
     """
     from .stages import FireStage
-    spikes, v_seq = [], []
+    outs, seqs = [], {s: [] for s in record}
     cur = dict(states)
     for t in range(x_seq.shape[0]):
         x = x_seq[t]
-        spike = None
+        spike = out = None
         for stage in model.stages:
             env = {**params, **cur, model.input_name: x, "__surrogate__": surrogate}
             if spike is not None:
                 env["spike"] = spike
                 env["spike_d"] = spike.detach() if detach_reset else spike
             if isinstance(stage, FireStage):
-                spike = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate)
+                spike = out = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate)
+                if stage.output(model) is not None:
+                    env["spike"] = spike
+                    out = _t(evaluate(stage.output(model), env, x), x)
                 continue
             new = {s: _t(evaluate(e, env, x), x) for s, e in stage.equations(model).items()}
             cur = {**cur, **new}
-        spikes.append(spike)
-        v_seq.append(cur[model.v_name])
-    if not spikes:
+        outs.append(out)
+        for s in record:
+            seqs[s].append(cur[s])
+    if not outs:
         empty = x_seq.new_empty(x_seq.shape)
-        return empty, empty.clone(), cur
-    return torch.stack(spikes), torch.stack(v_seq), cur
+        return empty, {s: empty.clone() for s in record}, cur
+    return torch.stack(outs), {s: torch.stack(v) for s, v in seqs.items()}, cur
 
 
 __all__ = ["evaluate", "spike_fn", "multi_step", "SpikeFunction"]

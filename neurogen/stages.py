@@ -24,6 +24,7 @@ from .spec.model import spike, spike_d
 
 U = sp.Symbol("ng_u")
 SPIKE = spike
+OUT = sp.Symbol("ng_out")
 
 
 def P(name: str) -> sp.Symbol:
@@ -91,7 +92,9 @@ class StateStage(Stage):
 
 
 class FireStage(Stage):
-    """``u = fire`` and ``spike = (u >= 0)``, with the surrogate derivative in the backward."""
+    """``u = fire`` and ``spike = (u >= 0)``, with the surrogate derivative in the backward;
+    then the step's output (``model.output``, e.g. ``spike * v``; the spike itself when
+    None) from the same values and the spike."""
 
     name, tag, grad_tag = "fire", "", "V"
 
@@ -101,15 +104,20 @@ class FireStage(Stage):
     def fire(self, model) -> sp.Expr:
         return model.fire
 
+    def output(self, model) -> Optional[sp.Expr]:
+        return getattr(model, "output", None)
+
     def canonical(self, model):
+        out = self.output(model)
         return (f"{type(self).__module__}.{type(self).__qualname__}"
-                f"({sp.srepr(self.fire(model))})")
+                f"({sp.srepr(self.fire(model))}"
+                + ("" if out is None else f",{sp.srepr(out)}") + ")")
 
     def __repr__(self):
         return "FireStage()"
 
 
-_RESERVED_TAGS = {"g", "sv", "acc", "c", "k", "p"}  # (names the derivation and lowering use)
+_RESERVED_TAGS = {"g", "sv", "acc", "c", "k", "p", "gseq"}  # (names the derivation and lowering use)
 
 
 def _check_tags(stages):
@@ -169,6 +177,7 @@ class Step:
         self.params = [P(k) for k in model.param_names]
         self.x = P(model.input_name)
         cur = {s: P(s) for s in self.states}
+        self.output = SPIKE  # what the step returns (OUT when the model has an output)
         self.reads: List[Dict[str, sp.Symbol]] = []
         self.assignments: List[Assignment] = []
         fired = False
@@ -177,8 +186,14 @@ class Step:
             self.reads.append(dict(cur))
             to_cur = {P(s): cur[s] for s in self.states}
             if isinstance(stage, FireStage):
+                if fired:
+                    raise SpecError("the stage list has two fire stages")
                 self.assignments.append(Assignment(U, stage.fire(model).xreplace(to_cur), k))
                 self.assignments.append(Assignment(SPIKE, U, k, spike=True))
+                out = stage.output(model)
+                if out is not None:
+                    self.assignments.append(Assignment(OUT, out.xreplace(to_cur), k))
+                    self.output = OUT
                 fired = True
                 continue
             new = {}
@@ -211,4 +226,4 @@ class Step:
 
 
 __all__ = ["Stage", "StateStage", "FireStage", "Step", "Assignment", "DEFAULT", "CHARGE",
-           "ADAPTATION", "FIRE", "RESET", "U", "SPIKE", "P"]
+           "ADAPTATION", "FIRE", "RESET", "U", "SPIKE", "OUT", "P"]

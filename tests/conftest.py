@@ -26,13 +26,18 @@ def pytest_collection_modifyitems(config, items):
 needs_cxx = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
 
 
-def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0, **module_kw):
+def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
+                 record_all=False, **module_kw):
     """Run ``model`` as a module and return outputs and gradients of a random loss.
 
     ``params``: name -> float or tensor; names in ``learnable`` become nn.Parameters.
     ``init``: optional name -> tensor of initial states (given requires_grad).
-    Returns a dict of tensors (all detached).
+    ``record_all``: record every state (``seq_<s>``) and put a loss term on each.
+    Returns a dict of tensors (all detached); a model with a graded ``output`` gives it
+    as ``output`` (compared within tolerance) instead of ``spikes`` (compared exactly).
     """
+    if record_all:
+        module_kw["record"] = model.state_names
     kw = {}
     for k, v in params.items():
         if k in learnable:
@@ -54,13 +59,18 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
     w_s = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x)
     w_v = torch.randn(spikes.shape, generator=g, dtype=torch.float64).to(x)
     loss = (spikes * w_s).sum() + (node.v_seq * w_v).sum()
+    seqs = {s: getattr(node, f"{s}_seq") for s in (model.state_names if record_all else ())}
+    for s, q in seqs.items():
+        loss = loss + (q * torch.randn(q.shape, generator=g, dtype=torch.float64).to(x)).sum()
     for s in model.state_names:
         w_f = torch.randn(finals[s].shape, generator=g, dtype=torch.float64).to(x)
         loss = loss + (finals[s] * w_f).sum()
     wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
-    out = {"spikes": spikes.detach(), "v_seq": node.v_seq.detach(), "grad_x": grads[0]}
+    out = {"spikes" if model.output is None else "output": spikes.detach(),
+           "v_seq": node.v_seq.detach(), "grad_x": grads[0]}
+    out.update({f"seq_{s}": q.detach() for s, q in seqs.items()})
     out.update({f"final_{s}": f.detach() for s, f in finals.items()})
     out.update({f"grad_init_{s}": gr for s, gr in zip(inits, grads[1:1 + len(inits)])})
     out.update({f"grad_{k}": gr for k, gr in zip(learnable, grads[1 + len(inits):])})
@@ -69,7 +79,8 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
 
 def assert_match(got, ref, fwd_tol=1e-10, grad_tol=1e-8):
     assert got.keys() == ref.keys()
-    assert torch.equal(got["spikes"], ref["spikes"]), "spike trains differ"
+    if "spikes" in ref:
+        assert torch.equal(got["spikes"], ref["spikes"]), "spike trains differ"
     for k in ref:
         tol = grad_tol if k.startswith("grad") else fwd_tol
         # equal_nan: a model whose dynamics overflow must overflow identically in both

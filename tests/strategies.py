@@ -26,11 +26,20 @@ EXTRA_STATES = ("w", "c", "r")
 # second state
 READ_FORMS = ("{q}", "tanh({q})", "sigmoid(2 * {q}) - 0.5", "{q} * {q} / (1 + {q} * {q})",
               "exp(-{q} * {q})", "0.5 * {q} * tanh({o})")
+# branches and clamps (issue 19): each with its gradient convention, conditions over states
+BRANCH_FORMS = ("where({q} > {o}, tanh({q}), 0.5 * {o})", "clamp({q}, -0.4, 0.6)",
+                "clamp({q}, -0.3)", "maximum(tanh({q}), 0.5 * {o})", "minimum({q}, 0.3)",
+                "abs(tanh({q})) - 0.3", "0.3 * sign({q} - 0.2)", "0.2 * floor(2 * tanh({q}))",
+                "0.4 * heaviside({q} - 0.3)", "0.4 * sg_heaviside({q} - 0.3)",
+                "where({q} > 0.1 and not {o} > 0.5, tanh({q}), 0)",
+                "where({q} < -0.2 or {o} >= 0.4, 0.3 * {o}, {q})")
+OUTPUT_FORMS = (None, "read", "amp", "where")
+REFRACTORY_FORMS = (None, None, 1, 2, "param")
 # every subset of the three groups with an equation per state
 MEMBERSHIPS = (("charge", "reset"), ("reset",), (), ("charge",), ("adaptation",),
                ("charge", "adaptation"), ("adaptation", "reset"),
                ("charge", "adaptation", "reset"))
-RESET_FORMS = ("hard", "soft", "jump", "last_spike", "mix", "other", "nonlinear")
+RESET_FORMS = ("hard", "soft", "jump", "last_spike", "mix", "other", "nonlinear", "where")
 
 
 class _Builder:
@@ -63,7 +72,7 @@ class _Builder:
     def read(self, readable):
         q = self.draw(st.sampled_from(readable))
         o = self.draw(st.sampled_from(readable))
-        return self.draw(st.sampled_from(READ_FORMS)).format(q=q, o=o)
+        return self.draw(st.sampled_from(READ_FORMS + BRANCH_FORMS)).format(q=q, o=o)
 
     def terms(self, readable, most=2):
         n = self.draw(st.integers(0, most))
@@ -95,6 +104,8 @@ class _Builder:
             return f"{self.decay(s)} + {self.coef()} * {self.read(states)} * {spk}"
         if form == "other":
             return f"{self.coef(0.3, 0.9)} * {self.read(states)}"
+        if form == "where":  # a branch on the spike: no gradient through the condition
+            return f"where({spk} > 0.5, {self.coef(-0.2, 0.2)}, {self.read(states)})"
         return f"{s} * (1 - {spk} * spike) + 0.2 * spike * spike"
 
 
@@ -166,14 +177,33 @@ def structures(draw, subject=None, surrogate=None):
             owner = draw(st.sampled_from(owners))
             spk = draw(st.sampled_from(["", " * spike", " * spike_d"]))
             reset[owner].append(term + spk)
+    fire = " + ".join(fire) + f" - {b.param(0.4, 0.9, 'th')}"
+    # graded output (issue 19): spike times a state, a learnable amplitude, or a branch
+    output = draw(st.sampled_from(OUTPUT_FORMS))
+    if output == "read":
+        output = f"spike * ({b.read(states)})"
+    elif output == "amp":
+        output = f"spike * {b.param(0.5, 1.5, 'amp')} + 0.1 * spike * {b.read(states)}"
+    elif output == "where":
+        output = f"where(spike > 0, {b.read(states)}, 0.1 * {b.read(states)})"
+    refractory = draw(st.sampled_from(REFRACTORY_FORMS))
+    hold = None
+    if refractory is not None:
+        if refractory == "param":
+            refractory = "t_ref"
+            b.params["t_ref"] = float(draw(st.integers(1, 3)))
+        if draw(st.booleans()):
+            hold = draw(st.lists(st.sampled_from(states), min_size=1, unique=True))
     model = ng.NeuronModel(
         "structure", states={s: 0.0 for s in states}, params=b.params,
         charge={s: " + ".join(p) or "0.5 * x" for s, p in charge.items()},
         adaptation={s: " + ".join(p) for s, p in adaptation.items()},
-        fire=" + ".join(fire) + f" - {b.param(0.4, 0.9, 'th')}",
-        reset={s: " + ".join(p) for s, p in reset.items()})
+        fire=fire, reset={s: " + ".join(p) for s, p in reset.items()}, output=output,
+        refractory=refractory, refractory_hold=hold)
     kinds = {k: draw(st.sampled_from(["float", "neuron", "learnable", "learnable_neuron"]))
              for k in model.param_names}
+    if "t_ref" in kinds:  # whole steps: a plain or a per-neuron integer, never learnable
+        kinds["t_ref"] = draw(st.sampled_from(["float", "steps_neuron"]))
     if surrogate is None:
         sg = draw(surrogates())
     else:

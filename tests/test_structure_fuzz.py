@@ -17,6 +17,10 @@ from strategies import MEMBERSHIPS, SURROGATES, structures, subject_cases
 
 import neurogen as ng
 from neurogen.config import derivation
+from neurogen.spec import functions as fn
+
+BRANCHES = (sp.Piecewise, fn.maximum, fn.minimum, fn.clamp, fn.abs_, fn.sign, fn.floor,
+            fn.heaviside, fn.sg_heaviside)
 
 pytestmark = needs_cxx
 N = 13  # not a multiple of any vector width: every kernel runs a tail
@@ -26,7 +30,9 @@ def param_values(model, kinds, n):
     values = {}
     for k, kind in kinds.items():
         default = model.defaults[k]
-        if kind.endswith("neuron"):
+        if kind == "steps_neuron":  # whole steps, different per neuron
+            values[k] = torch.arange(n, dtype=torch.float64) % (default + 1)
+        elif kind.endswith("neuron"):
             values[k] = default * (1 + 0.2 * torch.linspace(-1, 1, n, dtype=torch.float64))
         else:
             values[k] = default
@@ -40,8 +46,10 @@ def check_structure(case, T, seed, backends=("cpu", "cuda-emulated")):
     init = {s: torch.rand(N, generator=gen, dtype=torch.float64) * 0.6 - 0.1
             for s in model.state_names}
     params, learnable = param_values(model, kinds, N)
+    if "refractory" in init:  # the counter holds whole steps
+        init["refractory"] = torch.randint(0, 3, (N,), generator=gen).to(torch.float64)
     kw = dict(params=params, init=init, learnable=learnable, surrogate_function=surrogate,
-              detach_reset=detach, seed=seed)
+              detach_reset=detach, seed=seed, record_all=True)
     # the backends in threads: most of a case's time is the compiler, which runs beside
     with ThreadPoolExecutor(len(backends)) as pool:
         runs = {b: pool.submit(run_and_grad, model, b, x, **kw) for b in backends}
@@ -139,6 +147,19 @@ def _facts(case):
                     "rebuilt": s in bw.prev, "from init": s in bw.constant,
                     "recomputed": any(step.state_of(y) == s for y in bw.recompute)}
         facts |= {f"{kind} {o}" for o, yes in outcomes.items() if yes}
+    if model.output is not None:
+        facts.add("output")
+    if model.refractory is not None:
+        facts.add(f"refractory {'param' if isinstance(model.refractory, str) else 'literal'}")
+        facts.add(f"refractory holds {len(model.refractory_hold)}")
+    groups = {"charge": model.declared["charge"].values(),
+              "adaptation": model.declared["adaptation"].values(),
+              "fire": [model.declared["fire"]], "reset": model.declared["reset"].values(),
+              "output": [model.output] if model.output is not None else []}
+    for group, exprs in groups.items():
+        for e in exprs:
+            facts |= {f"{type(f).__name__} in {group}" for f in sp.preorder_traversal(e)
+                      if isinstance(f, BRANCHES)}
     for e in model.reset.values():
         facts |= {f"reset with {k}" for k in ("spike", "spike_d") if e.has(sp.Symbol(k))}
         spk = sp.Symbol("spike")
@@ -178,6 +199,11 @@ def test_generator_covers_every_structure():
     want |= {"computed saved", "computed rebuilt", "computed recomputed", "reset-only saved",
              "reset-only rebuilt", "constant from init", "reset with spike",
              "reset with spike_d", "reset linear in spike", "reset nonlinear in spike"}
+    # issue 19: graded outputs, refractory periods, every branch function in every group
+    want |= {"output", "refractory param", "refractory literal", "refractory holds 1",
+             "refractory holds 2"}
+    want |= {f"{f.__name__} in {g}" for f in BRANCHES
+             for g in ("charge", "adaptation", "fire", "reset", "output")}
     assert want <= seen, sorted(want - seen)
 
 
@@ -201,7 +227,7 @@ def test_random_structures_with_nan_and_inf_inputs(case, seed):
     kinds = {k: ("learnable_neuron" if v == "learnable" else v) for k, v in kinds.items()}
     params, learnable = param_values(model, kinds, N)
     kw = dict(params=params, learnable=learnable, surrogate_function=surrogate,
-              detach_reset=detach, seed=seed)
+              detach_reset=detach, seed=seed, record_all=True)
     ref = run_and_grad(model, "torch", x, **kw)
     good = torch.tensor([j not in bad for j in range(N)])
     for backend in ("cpu", "cuda-emulated"):

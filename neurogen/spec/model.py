@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.functions.elementary.piecewise import ExprCondPair
 
 from ..errors import SpecError
-from .functions import BRANCH_FUNCTIONS, FUNCTIONS, UNSUPPORTED, canonical, surrogate_at
+from .functions import BRANCH_FUNCTIONS, FUNCTIONS, UNSUPPORTED, canonical, maximum, surrogate_at
 from .parse import parse_expr
 
 spike = sp.Symbol("spike")
@@ -19,6 +19,15 @@ spike_d = sp.Symbol("spike_d")
 """The spike in a reset equation, treated as a constant when ``detach_reset=True``."""
 
 GROUPS = ("charge", "adaptation", "fire", "reset")
+REFRACTORY = "refractory"
+"""The name of the refractory counter state (steps left) of a model with ``refractory=``."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _C_WORDS = set("""
 auto break case char const continue default do double else enum extern float for goto if
@@ -106,7 +115,8 @@ class NeuronModel:
 
     def __init__(self, name: str, states: Mapping, params: Optional[Mapping] = None,
                  charge: Optional[Mapping] = None, adaptation: Optional[Mapping] = None,
-                 fire=None, reset: Optional[Mapping] = None, input: str = "x", doc: str = ""):
+                 fire=None, reset: Optional[Mapping] = None, input: str = "x", doc: str = "",
+                 output=None, refractory=None, refractory_hold=None):
         if not isinstance(name, str) or not _IDENT.fullmatch(name):
             raise SpecError(f"model name {name!r} must be an identifier such as 'adex'")
         self.name = name
@@ -121,7 +131,17 @@ class NeuronModel:
             raise SpecError(f"model {name!r} has no fire expression: pass fire=, e.g. "
                             f"fire='{self.state_names[0]} - v_threshold' (spike when >= 0)")
         self.fire = _to_expr(fire, "fire")
+        self.output = None if output is None else _to_expr(output, "output")
+        if self.output is not None and self.output == spike:
+            self.output = None  # the default: the module returns the spike
         self._validate()
+        # what the user declared (model files, replace()); the groups above become the
+        # effective equations once a refractory period is folded in
+        self.declared = dict(states=dict(self.initial), charge=dict(self.charge),
+                             adaptation=dict(self.adaptation), fire=self.fire,
+                             reset=dict(self.reset))
+        self.refractory, self.refractory_hold = None, ()
+        self._fold_refractory(refractory, refractory_hold)
 
     # ---- reading -------------------------------------------------------------------
     def _read_states(self, states):
@@ -178,6 +198,65 @@ class NeuronModel:
             out[n] = _to_expr(value, f"{group} equation of {n!r}")
         return {n: out[n] for n in self.state_names if n in out}
 
+    # ---- refractory periods --------------------------------------------------------
+    def _fold_refractory(self, refractory, hold):
+        """``refractory=k`` (steps, or the name of a parameter holding them): a spike at
+        step t makes steps t+1 .. t+k refractory. The counter is the state
+        :data:`REFRACTORY` (steps left); while it is positive the fire value is -1 (no
+        spike, no surrogate gradient) and the charge and adaptation equations of the
+        ``refractory_hold`` states (default: the firing state) keep the state's value."""
+        if refractory is None or (_is_number(refractory) and refractory == 0):
+            if hold is not None and tuple(hold):
+                raise SpecError("refractory_hold names states held during a refractory "
+                                "period, but the model has none: pass refractory=k too")
+            return
+        if isinstance(refractory, str):
+            k = refractory.strip()
+            if k not in self.param_names:
+                close = difflib.get_close_matches(k, self.param_names, 1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"refractory={refractory!r} names no parameter; give a number "
+                                f"of steps or a parameter of {list(self.param_names)}.{hint}")
+            d = self.defaults[k]
+            if d != int(d) or d < 0:
+                raise SpecError(f"refractory parameter {k!r} has default {d}, not a whole "
+                                "number of steps >= 0")
+            count = sp.Symbol(k)
+        elif _is_number(refractory):
+            if refractory != int(refractory) or refractory < 0:
+                raise SpecError(f"refractory={refractory!r} must be a whole number of steps "
+                                ">= 0 (or the name of a parameter holding one)")
+            k, count = int(refractory), sp.Integer(int(refractory))
+        else:
+            raise SpecError(f"refractory must be a whole number of steps or a parameter "
+                            f"name, got {type(refractory).__name__}")
+        if REFRACTORY in self.state_names or REFRACTORY in self.param_names:
+            raise SpecError(f"the name {REFRACTORY!r} is taken by the refractory counter; "
+                            "rename your state or parameter")
+        if hold is None:
+            hold = (self.v_name,)
+        elif isinstance(hold, str):
+            hold = (hold,)
+        hold = tuple(_key_name(h, "refractory_hold") for h in hold)
+        for h in hold:
+            if h not in self.state_names:
+                raise SpecError(f"refractory_hold names {h!r}, which is not a state; states "
+                                f"are {list(self.state_names)}")
+        c = sp.Symbol(REFRACTORY)
+        refr = sp.StrictGreaterThan(c, 0)
+        for group in ("charge", "adaptation"):
+            eqs = getattr(self, group)
+            for h in hold:
+                if h in eqs:
+                    eqs[h] = sp.Piecewise((sp.Symbol(h), refr), (eqs[h], True))
+        self.fire = sp.Piecewise((sp.Integer(-1), refr), (self.fire, True))
+        self.reset[REFRACTORY] = sp.Piecewise(
+            (count, sp.StrictGreaterThan(spike, 0)),
+            (maximum(c - 1, sp.Integer(0)), True))
+        self.state_names = self.state_names + (REFRACTORY,)
+        self.initial[REFRACTORY] = sp.Integer(0)
+        self.refractory, self.refractory_hold = k, hold
+
     # ---- validation ----------------------------------------------------------------
     def _validate(self):
         known = set(self.state_names) | set(self.param_names) | {self.input_name}
@@ -209,6 +288,14 @@ class NeuronModel:
             if x in expr.free_symbols:
                 raise SpecError(f"reset equation of {n!r} uses the input {self.input_name!r}; "
                                 "only charge equations read the input")
+        if self.output is not None:
+            if spike_d in self.output.free_symbols:
+                raise SpecError(f"output {self.output} uses 'spike_d'; the detached spike is "
+                                "for resets (detach_reset=True cuts them); write 'spike'")
+            if x in self.output.free_symbols:
+                raise SpecError(f"output {self.output} uses the input {self.input_name!r}; the "
+                                "output reads states after adaptation, parameters and 'spike'")
+            self._check_expr(self.output, known | {"spike"}, "output", "output")
 
     def _check_symbols(self, expr, allowed, where, rule):
         for s in sorted(expr.free_symbols, key=lambda s: s.name):
@@ -260,6 +347,10 @@ class NeuronModel:
         for group in ("charge", "adaptation", "reset"):
             lines += [f"{group} {n}={sp.srepr(e)}" for n, e in getattr(self, group).items()]
         lines.append(f"fire={sp.srepr(self.fire)}")
+        if self.output is not None:  # (the default adds nothing: existing hashes stay)
+            lines.append(f"output={sp.srepr(self.output)}")
+        if self.refractory is not None:
+            lines.append(f"refractory={self.refractory!r} hold={self.refractory_hold}")
         custom = self.__dict__.get("_stages")
         if custom is not None:  # the default list adds nothing: existing hashes stay
             lines.append("stages=" + ";".join(st.canonical(self) for st in custom))
@@ -271,13 +362,20 @@ class NeuronModel:
 
     def replace(self, **changes) -> "NeuronModel":
         """A copy with some constructor arguments changed (e.g. ``params=``)."""
-        kwargs = dict(name=self.name, states=dict(self.initial), params=dict(self.defaults),
-                      charge=dict(self.charge), adaptation=dict(self.adaptation),
-                      fire=self.fire, reset=dict(self.reset), input=self.input_name, doc=self.doc)
+        kwargs = self._arguments()
         kwargs.update(changes)
         out = NeuronModel(**kwargs)
         custom = self.__dict__.get("_stages")
         return out if custom is None else out.with_stages(custom)
+
+    def _arguments(self) -> dict:
+        """The constructor arguments that make this model (as declared)."""
+        d = self.declared
+        return dict(name=self.name, states=dict(d["states"]), params=dict(self.defaults),
+                    charge=dict(d["charge"]), adaptation=dict(d["adaptation"]), fire=d["fire"],
+                    reset=dict(d["reset"]), input=self.input_name, doc=self.doc,
+                    output=self.output, refractory=self.refractory,
+                    refractory_hold=self.refractory_hold or None)
 
     @property
     def stages(self):
@@ -301,10 +399,7 @@ class NeuronModel:
         stages = tuple(stages)
         if not all(isinstance(st, Stage) for st in stages):
             raise SpecError("with_stages takes neurogen.stages.Stage objects")
-        out = NeuronModel(name=self.name, states=dict(self.initial), params=dict(self.defaults),
-                          charge=dict(self.charge), adaptation=dict(self.adaptation),
-                          fire=self.fire, reset=dict(self.reset), input=self.input_name,
-                          doc=self.doc)
+        out = NeuronModel(**self._arguments())
         if [st.canonical(out) for st in stages] != [st.canonical(out) for st in DEFAULT]:
             out.__dict__["_stages"] = stages
         out._check_stage_symbols()

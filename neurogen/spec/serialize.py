@@ -18,7 +18,8 @@ from .parse import parse_expr
 FORMAT = "neurogen.model"
 VERSION = 1
 _GROUPS = ("charge", "adaptation", "reset")
-_KEYS = {"format", "version", "name", "doc", "input", "states", "params", "fire"} | set(_GROUPS)
+_KEYS = {"format", "version", "name", "doc", "input", "states", "params", "fire", "output",
+         "refractory", "refractory_hold"} | set(_GROUPS)
 
 
 # ---- expressions as text ------------------------------------------------------------
@@ -98,15 +99,21 @@ def to_dict(model) -> dict:
     if model.__dict__.get("_stages") is not None:
         raise SpecError(f"model {model.name!r} has a stage list of its own (with_stages); "
                         "model files hold the standard stages only")
+    declared = model.declared  # (a refractory period is written as the option)
     d = {"format": FORMAT, "version": VERSION, "name": model.name, "doc": model.doc,
          "input": model.input_name,
-         "states": {n: expr_text(model.initial[n], f"initial value of state {n!r}")
-                    for n in model.state_names},
+         "states": {n: expr_text(e, f"initial value of state {n!r}")
+                    for n, e in declared["states"].items()},
          "params": {n: model.defaults[n] for n in model.param_names}}
     for group in _GROUPS:
         d[group] = {n: expr_text(e, f"{group} equation of {n!r}")
-                    for n, e in getattr(model, group).items()}
-    d["fire"] = expr_text(model.fire, "fire expression")
+                    for n, e in declared[group].items()}
+    d["fire"] = expr_text(declared["fire"], "fire expression")
+    if model.output is not None:
+        d["output"] = expr_text(model.output, "output")
+    if model.refractory is not None:
+        d["refractory"] = model.refractory
+        d["refractory_hold"] = list(model.refractory_hold)
     return d
 
 
@@ -143,13 +150,19 @@ def from_dict(d):
     for key in ("name", "fire"):
         if not isinstance(d.get(key), str):
             raise SpecError(f"model file: {key!r} must be a string, got {d.get(key)!r}")
-    for key in ("doc", "input"):
+    for key in ("doc", "input", "output"):
         if key in d and not isinstance(d[key], str):
             raise SpecError(f"model file: {key!r} must be a string, got {d[key]!r}")
+    hold = d.get("refractory_hold")
+    if hold is not None and not (isinstance(hold, list) and all(isinstance(h, str) for h in hold)):
+        raise SpecError(f"model file: 'refractory_hold' must be a list of state names, got "
+                        f"{hold!r}")
     return NeuronModel(name=d["name"], states=_text_map(d, "states"),
                        params=_text_map(d, "params"), charge=_text_map(d, "charge"),
                        adaptation=_text_map(d, "adaptation"), reset=_text_map(d, "reset"),
-                       fire=d["fire"], input=d.get("input", "x"), doc=d.get("doc", ""))
+                       fire=d["fire"], input=d.get("input", "x"), doc=d.get("doc", ""),
+                       output=d.get("output"), refractory=d.get("refractory"),
+                       refractory_hold=hold)
 
 
 # ---- JSON and TOML -------------------------------------------------------------------
@@ -210,6 +223,8 @@ def _toml_value(v):
         raise SpecError("model file: booleans are not used")
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(e) for e in v) + "]"
     return repr(float(v))  # repr is exact and valid TOML (e.g. 2.0, 1e-05)
 
 

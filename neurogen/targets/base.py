@@ -50,8 +50,9 @@ class Target:
         return None
 
     def run(self, module, x_seq, states, params):
-        """``(spike_seq, v_seq or None, {state: final value})`` of ``module`` on ``x_seq``
-        ``[T, *shape]`` from ``states`` with parameter values ``params``."""
+        """``(output_seq, {recorded state: its values}, {state: final value})`` of
+        ``module`` on ``x_seq`` ``[T, *shape]`` from ``states`` with parameter values
+        ``params``."""
         raise NotImplementedError
 
     def __repr__(self):

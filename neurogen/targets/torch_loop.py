@@ -17,7 +17,7 @@ class TorchTarget(Target):
         params = {k: (v.to(x_seq.dtype) if isinstance(v, torch.Tensor) else v)
                   for k, v in params.items()}
         return multi_step(module.model, x_seq, states, params, module.surrogate_function,
-                          module.detach_reset)
+                          module.detach_reset, module.record)
 
 
 __all__ = ["TorchTarget"]
