@@ -22,13 +22,41 @@ import torch
 from . import neuron
 from .config import derivation, make_config
 
-MODELS = ("IzhikevichNode", "LIFNode", "AdExNode")
+MODELS = ("IzhikevichNode", "LIFNode", "AdExNode", "LIFNode+refractory2", "LIFNode+clamp")
 # neurogen name -> (SpikingJelly class, its operator package under spikingjelly._ops)
 SJ_NAMES = {"LIFNode": ("LIFNode", "lif"), "IzhikevichNode": ("IzhikevichNode", "izhikevich")}
 # SpikingJelly 2.0 picks one CUDA implementation per operator (env SJ_<OP>_CUDA_IMPLEMENTATION):
 # its native CUDA extension (built from source only), Triton, or its torch reference.
 SJ_CUDA_IMPLS = ("cuda", "triton", "torch")
 TARGET_T = 64
+
+
+@functools.lru_cache(maxsize=None)
+def clamped_lif_spec():
+    """SpikingJelly's LIF with a floor on the membrane (``clamp(H, v_min)``)."""
+    lif = neuron.lif_spec()
+    return lif.replace(name="clamped_lif", params={**lif.defaults, "v_min": -0.5},
+                       charge={"v": "clamp(v + (x - (v - v_reset)) / tau, v_min)"})
+
+
+# variants of library neurons (issue 19): name -> (factory(**module options), base neuron);
+# the base runs beside them as "neurogen base" and its SpikingJelly neuron as the peer
+VARIANTS = {
+    "LIFNode+refractory2": (lambda **kw: neuron.LIFNode(refractory=2, **kw), "LIFNode"),
+    "LIFNode+clamp": (lambda **kw: clamped_lif_spec().module(**kw), "LIFNode"),
+}
+
+
+def factory(model_name):
+    """``(make(**module options), base library name)`` of a benchmark model."""
+    if model_name in VARIANTS:
+        return VARIANTS[model_name]
+    return neuron.LIBRARY[model_name], model_name
+
+
+def spec_of(model_name):
+    make, _ = factory(model_name)
+    return make().model
 
 
 def machine(device):
@@ -106,9 +134,11 @@ def saved_bytes(step, x, grad_out):
 
 def peers(model_name, device, dtype, use_compile):
     """name -> factory of a fresh module for the workload (neurogen first)."""
-    cls = neuron.LIBRARY[model_name]
-    out = {"neurogen": lambda: cls(step_mode="m", backend="auto"),
-           "torch loop": lambda: cls(step_mode="m", backend="torch")}
+    cls, base = factory(model_name)
+    out = {"neurogen": lambda: cls(step_mode="m", backend="auto")}
+    if base != model_name:  # a variant: its base neuron side by side
+        out["neurogen base"] = lambda: neuron.LIBRARY[base](step_mode="m", backend="auto")
+    out["torch loop"] = lambda: cls(step_mode="m", backend="torch")
     if use_compile:
         def compiled():
             node = cls(step_mode="m", backend="torch")
@@ -119,9 +149,9 @@ def peers(model_name, device, dtype, use_compile):
         from spikingjelly.activation_based import neuron as sj
     except ImportError:
         return out
-    if model_name not in SJ_NAMES:
+    if base not in SJ_NAMES:
         return out
-    cls_name, op = SJ_NAMES[model_name]
+    cls_name, op = SJ_NAMES[base]
     if device.type != "cuda":
         out["spikingjelly"] = lambda: getattr(sj, cls_name)(step_mode="m")
         return out
@@ -191,7 +221,7 @@ def run(device="cpu", quick=False, out="bench-output", models=MODELS, Ts=None, N
               f"{'speed-up':>10}{'of floor':>9}{'saved B/ns':>11}{'copy GB/s':>10}")
     print(header)
     for model_name in models:
-        spec = neuron.LIBRARY[model_name].spec
+        spec = spec_of(model_name)
         for dtype in dtypes:
             todo = pairs
             if dtype != dtypes[0] and (Ts is None or Ns is None):
@@ -227,7 +257,8 @@ def _one(spec, model_name, dtype, backward, T, N, device, measure, copy_bytes, u
     rows, base = [], None
     for impl, make in peers(model_name, device, dtype, use_compile).items():
         try:
-            node = make().to(device=device, dtype=dtype) if impl != "neurogen" else make()
+            node = (make() if impl in ("neurogen", "neurogen base")
+                    else make().to(device=device, dtype=dtype))
             xin = x.clone().requires_grad_(backward)
 
             def step():
@@ -290,7 +321,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--out", default="bench-output")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(neuron.LIBRARY))
+    p.add_argument("--models", nargs="+", default=list(MODELS),
+                   choices=list(neuron.LIBRARY) + list(VARIANTS))
     p.add_argument("--T", nargs="+", type=int)
     p.add_argument("--N", nargs="+", type=int)
     p.add_argument("--dtypes", nargs="+", choices=["float32", "float16", "bfloat16"],

@@ -70,8 +70,8 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
     if not isinstance(surrogate, sg.Surrogate):
         raise TypeError(f"surrogate must be a neurogen.surrogate.Surrogate, "
                         f"got {type(surrogate).__name__}")
-    if not isinstance(surrogate, sg.Custom):
-        surrogate = type(surrogate)()  # hyper-parameters are kernel arguments, not code
+    # hyper-parameters are kernel arguments, not code: one configuration for every value
+    surrogate = surrogate.canonical() if isinstance(surrogate, sg.Custom) else type(surrogate)()
     cfg = KernelConfig(surrogate=surrogate,
                        param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
                        learnable=tuple(k for k in model.param_names if k in learnable),

@@ -87,7 +87,7 @@ def derive_backward(step: Step, surrogate_derivative: sp.Expr, detach_reset: boo
 
     def emit(name, expr):
         sym = sp.Symbol(name)
-        named.append((sym, expr))
+        named.append((sym, sp.sympify(expr)))  # (0 when nothing reads the spike's gradient)
         return sym
 
     def d_spike(expr):

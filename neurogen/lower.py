@@ -49,6 +49,7 @@ class _Builder:
         if cse and exprs:
             gen = sp.numbered_symbols("ng_c", start=self._cse_count)
             temps, exprs = sp.cse(exprs, symbols=gen, order="canonical")
+            temps, exprs = _inline_conditions(temps, exprs)
             self._cse_count += len(temps)
             out += [Let(str(t), e) for t, e in temps]
         return out + [Let(str(s), e) for s, e in zip(syms, exprs)]
@@ -77,6 +78,21 @@ class _Builder:
             else:
                 uniform.append(Let(str(sym), expr))
         return uniform, per_neuron, names
+
+
+def _inline_conditions(temps, exprs):
+    """Common subexpressions that are conditions (a comparison, and/or/not) put back where
+    they are used: a kernel's temporaries are numbers, a condition lives in a select."""
+    keep, subs = [], {}
+    for t, e in temps:
+        e = e.xreplace(subs)
+        if isinstance(e, sp.logic.boolalg.Boolean):
+            subs[t] = e
+        else:
+            keep.append((t, e))
+    if not subs:
+        return temps, exprs
+    return keep, [e.xreplace(subs) for e in exprs]
 
 
 def _stage_lets(b: _Builder, step, assignments) -> list:

@@ -181,44 +181,78 @@ class Rect(Surrogate):
 class Custom(Surrogate):
     """A user's surrogate from a sympy expression (or safe string) in ``u``.
 
-    Give ``derivative=`` (used as is) or ``primitive=`` (differentiated by sympy).
+    Give ``derivative=`` (used as is) or ``primitive=`` (differentiated by sympy). Other
+    names in the expression are hyper-parameters, given as keywords with their values:
+    like a library surrogate's ``alpha`` they are kernel arguments, so changing a value
+    compiles nothing new.
 
     >>> Custom(derivative="1 / (1 + u**2)", name="cauchy").derivative_expr()
     1/(u**2 + 1)
+    >>> Custom(derivative="1 / (alpha * abs(u) + 1)**2", alpha=25.0).derivative_expr()
+    (25.0*abs(u) + 1)**(-2)
     """
 
-    def __init__(self, derivative=None, primitive=None, name: str = "custom"):
-        super().__init__()
+    def __init__(self, derivative=None, primitive=None, name: str = "custom", **hyper):
         if (derivative is None) == (primitive is None):
             raise SpecError("Custom surrogate: give exactly one of derivative= or primitive=")
+        for k, v in hyper.items():
+            if not k.isidentifier() or k == "u" or k.startswith("ng_") or k in (
+                    "spiking", "params", "defaults", "name"):
+                raise SpecError(f"Custom surrogate: {k!r} cannot name a hyper-parameter")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SpecError(f"Custom surrogate: hyper-parameter {k!r} needs a number, got "
+                                f"{v!r}")
+        self.defaults = {k: float(v) for k, v in hyper.items()}
+        super().__init__(**hyper)
         self.name = name
         self._prim = self._read(primitive, "primitive") if primitive is not None else None
         self._deriv = (self._read(derivative, "derivative") if derivative is not None
                        else sp.diff(self._prim, u))
 
-    @staticmethod
-    def _read(expr, what):
+    def _read(self, expr, what):
         if isinstance(expr, str):
             expr = parse_expr(expr, f"Custom surrogate {what}")
         expr = sp.sympify(expr)
         expr = expr.xreplace({s: sp.Symbol(s.name) for s in expr.free_symbols})
-        extra = {s.name for s in expr.free_symbols} - {"u"}
+        from .spec.functions import canonical
+        expr = canonical(expr)
+        extra = {s.name for s in expr.free_symbols} - {"u"} - set(self.defaults)
         if extra:
-            raise SpecError(f"Custom surrogate {what} {expr} may use only the symbol 'u', "
-                            f"not {sorted(extra)}")
+            raise SpecError(f"Custom surrogate {what} {expr} uses {sorted(extra)}: besides "
+                            "'u' it may use only hyper-parameters given as keywords, e.g. "
+                            f"Custom({what}=..., {sorted(extra)[0]}=1.0)")
         return expr
 
+    def _values(self, u_):
+        """The substitution of ``u`` and of each hyper-parameter's current value (a symbol
+        ``sg_<name>`` in :meth:`kernel_derivative`)."""
+        return {u: u_, **{sp.Symbol(k): getattr(self, k) for k in self.params}}
+
     def primitive(self, u_):
-        return None if self._prim is None else self._prim.xreplace({u: u_})
+        return None if self._prim is None else self._prim.xreplace(self._values(u_))
 
     def derivative(self, u_):
-        return self._deriv.xreplace({u: u_})
-
-    def key(self):
-        return f"Custom({self.name}, {sp.srepr(self._deriv)})"
+        return self._deriv.xreplace(self._values(u_))
 
     def structure(self):
-        return self.key()
+        names = ",".join(self.params)
+        return f"Custom({self.name}, {sp.srepr(self._deriv)}, [{names}])"
+
+    def key(self):
+        values = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return self.structure() + (f"({values})" if values else "")
+
+    def __repr__(self):
+        values = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"Custom(derivative={str(self._deriv)!r}, name={self.name!r}{values})"
+
+    def canonical(self):
+        """A copy standing for the kernels' structure (values do not reach the code)."""
+        out = copy.copy(self)
+        out.params = {k: 1.0 for k in self.params}
+        for k in out.params:
+            setattr(out, k, 1.0)
+        return out
 
 
 LIBRARY = [Sigmoid, ATan, PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, Erf,

@@ -32,7 +32,9 @@ BRANCH_FORMS = ("where({q} > {o}, tanh({q}), 0.5 * {o})", "clamp({q}, -0.4, 0.6)
                 "abs(tanh({q})) - 0.3", "0.3 * sign({q} - 0.2)", "0.2 * floor(2 * tanh({q}))",
                 "0.4 * heaviside({q} - 0.3)", "0.4 * sg_heaviside({q} - 0.3)",
                 "where({q} > 0.1 and not {o} > 0.5, tanh({q}), 0)",
-                "where({q} < -0.2 or {o} >= 0.4, 0.3 * {o}, {q})")
+                "where({q} < -0.2 or {o} >= 0.4, 0.3 * {o}, {q})",
+                # a branch inside a condition (sympy makes it an if-then-else condition)
+                "where({q} - where({o} > 0.2, 0.3, 0) > 0, tanh({q}), 0.2 * {o})")
 OUTPUT_FORMS = (None, "read", "amp", "where")
 REFRACTORY_FORMS = (None, None, 1, 2, "param")
 # every subset of the three groups with an equation per state

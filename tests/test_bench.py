@@ -67,3 +67,17 @@ def test_gpu_peers_name_each_spikingjelly_cuda_implementation():
         impls["spikingjelly"]()
     assert selection._requested == "auto"
     assert "sj-triton" not in peers("AdExNode", torch.device("cuda"), torch.float32, False)
+
+
+def test_bench_variants_run_beside_their_base_and_spikingjelly(tmp_path):
+    """The refractory and clamped LIF rows (issue 19) time the plain LIF and SpikingJelly's
+    LIF in the same process, for the ratios in BENCHMARKS.md."""
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "neurogen", "bench", "--quick", "--models",
+                           "LIFNode+refractory2", "LIFNode+clamp", "--T", "8", "--N", "1024",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    for model in ("LIFNode+refractory2", "LIFNode+clamp"):
+        impls = {r["impl"] for r in rows if r["model"] == model}
+        assert {"neurogen", "neurogen base", "torch loop", "spikingjelly"} <= impls, impls

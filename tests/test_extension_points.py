@@ -5,6 +5,8 @@
 - a stage defined here, inserted into a model's stage list, runs on every target with
   no change to the derivation, the lowering or the reference.
 """
+import functools
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -34,6 +36,34 @@ class _Printer(NumPyPrinter):
 
     def _print_ZeroTimes(self, e):
         return f"(0.0 * ({self._print(e.args[0])}))"
+
+    # branches and clamps (issue 19), with torch's values
+    def _print_maximum(self, e):
+        return f"numpy.maximum({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_minimum(self, e):
+        return f"numpy.minimum({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_clamp(self, e):
+        u, lo, *hi = (self._print(a) for a in e.args)
+        low = f"numpy.maximum({u}, {lo})"
+        return f"numpy.minimum({low}, {hi[0]})" if hi else low
+
+    def _print_abs(self, e):
+        return f"numpy.abs({self._print(e.args[0])})"
+
+    def _print_sign(self, e):
+        return f"numpy.sign({self._print(e.args[0])})"
+
+    def _print_floor(self, e):
+        return f"numpy.floor({self._print(e.args[0])})"
+
+    def _print_heaviside(self, e):
+        x, h0 = (self._print(a) for a in e.args)
+        return f"numpy.where({x} > 0, 1.0, numpy.where({x} == 0, {h0}, 0.0))"
+
+    def _print_sg_heaviside(self, e):
+        return f"numpy.where({self._print(e.args[0])} >= 0, 1.0, 0.0)"
 
     def _print_Max(self, e):
         out = self._print(e.args[-1])
@@ -92,7 +122,7 @@ class NumpyTarget(KernelTarget):
         return "\n".join(src) + "\n"
 
     def compile(self, kernel_ir, source, device):
-        namespace = {"numpy": np}
+        namespace = {"numpy": np, "functools": functools}
         exec(compile(source, f"<{kernel_ir.name}>", "exec"), namespace)
         return Kernel(namespace["kernel"], kernel_ir, source)
 

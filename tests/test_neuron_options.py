@@ -375,3 +375,72 @@ def test_options_in_model_files_and_show(tmp_path):
     text = str(model)
     assert "refractory: t_ref step(s)" in text and "output     spike*v" in text
     assert math.isclose(model.defaults["t_ref"], 2.0)
+
+
+# ---- Custom surrogates with hyper-parameters, and help(model.module) ------------------------
+@needs_cxx
+def test_custom_hyper_parameters_are_kernel_arguments(monkeypatch):
+    from neurogen.targets import cpu
+    make = lambda a: ng.surrogate.Custom(derivative="1 / (alpha * abs(u) + 1)**2",  # noqa: E731
+                                         alpha=a)
+    x = inputs(12)
+    grads = {}
+    for alpha in (25.0, 5.0):
+        if alpha == 5.0:  # the first value compiled the kernels; a new value compiles nothing
+            def refuse(*a, **k):
+                raise AssertionError("a new hyper-parameter value compiled a kernel")
+            monkeypatch.setattr(cpu.CpuTarget, "compile", refuse)
+        node, xg, spikes = run(graded(None), "cpu", x)
+        node.surrogate_function = make(alpha)
+        node.reset()
+        spikes = node(xg)
+        grads[alpha], = torch.autograd.grad(spikes.sum(), xg)
+        # by hand: SuperSpike-like 1 / (alpha |u| + 1)^2 at u = v - 1
+        x2 = x.clone().requires_grad_()
+        v, outs = torch.zeros(N, dtype=torch.float64), []
+
+        class S(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, u):
+                ctx.save_for_backward(u)
+                return (u >= 0).to(u.dtype)
+
+            @staticmethod
+            def backward(ctx, g):
+                (u,) = ctx.saved_tensors
+                return g / (alpha * u.abs() + 1) ** 2
+        for t in range(T):
+            v = v + (x2[t] - v) / 2.0
+            s = S.apply(v - 1.0)
+            outs.append(s)
+            v = v - s
+        g_ref, = torch.autograd.grad(torch.stack(outs).sum(), x2)
+        torch.testing.assert_close(grads[alpha], g_ref, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(grads[25.0], grads[5.0])
+    c = make(25.0)
+    assert c.kernel_values() == {"sg_alpha": 25.0} and c != make(5.0)
+    assert c.structure() == make(5.0).structure()
+
+
+def test_custom_hyper_parameter_errors():
+    with pytest.raises(SpecError, match=r"uses \['beta'\]: besides 'u' it may use only "
+                                        r"hyper-parameters given as keywords"):
+        ng.surrogate.Custom(derivative="1 / (beta * abs(u) + 1)")
+    with pytest.raises(SpecError, match="hyper-parameter 'alpha' needs a number"):
+        ng.surrogate.Custom(derivative="alpha / (1 + u**2)", alpha="2")
+    with pytest.raises(SpecError, match="'u' cannot name a hyper-parameter"):
+        ng.surrogate.Custom(derivative="1 / (1 + u**2)", u=2.0)
+
+
+def test_help_of_model_module_shows_the_real_arguments():
+    import inspect
+    import pydoc
+    model = lif_refractory("t_ref", output="spike * v")
+    sig = inspect.signature(model.module)
+    assert list(sig.parameters)[-2:] == ["tau", "t_ref"]
+    assert sig.parameters["tau"].default == 2.0 and "record" in sig.parameters
+    text = pydoc.render_doc(model.module, renderer=pydoc.plaintext)
+    assert "tau=2.0" in text and "t_ref=2.0" in text and "States: v, w, refractory" in text
+    assert "Returns the output spike*v" in text
+    node = model.module(tau=3.0)
+    assert node.tau == 3.0

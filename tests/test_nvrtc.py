@@ -91,6 +91,15 @@ def test_branches_and_clamps_compile(arch, dtype):
             assert ".entry ng_" in ptx
             if dtype != "float64":
                 assert not re.search(r"\.f64\b", ptx), f"{name} {kind} {dtype} uses double"
+    # recorded states with and without their gradients, graded output, refractory
+    m = model("refractory_graded")
+    for kind, kw in (("forward", dict(record=("v", "w", "refractory"))),
+                     ("backward", dict(record=("v", "w"), grad_record=("v", "w"),
+                                       learnable=("amp", "tau")))):
+        ptx = compile_ptx(m.cuda_source(kind, dtype, **kw), arch)
+        assert ".entry ng_" in ptx
+        if dtype != "float64":
+            assert not re.search(r"\.f64\b", ptx), f"recorded {kind} {dtype} uses double"
 
 
 @pytest.mark.skipif(__import__("shutil").which("ptxas") is None, reason="ptxas not installed")
@@ -102,17 +111,18 @@ def test_branches_and_clamps_do_not_spill(tmp_path):
         "from test_branches import MODELS\n"
         "models = {k: ng.NeuronModel(k, **v) for k, v in MODELS.items()}\n"
         + "".join(f"{k} = models[{k!r}]\n" for k in ("max_floor", "where_counter", "everything",
-                                                      "clamp_params")))
+                                                      "clamp_params", "refractory_graded")))
     import os
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
                                                       os.environ.get("PYTHONPATH", "")]))
     refs = [f"{tmp_path / 'branchy.py'}:{k}" for k in ("max_floor", "where_counter",
-                                                        "everything", "clamp_params")]
+                                                        "everything", "clamp_params",
+                                                        "refractory_graded")]
     # (this ptxas, CUDA 13, has no sm_70; NVRTC compiles for compute_70 above)
     proc = subprocess.run([sys.executable, "-m", "neurogen", "check", *refs, "--arch", "sm_80",
                            "sm_90"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
-    assert len(rows) == 4 * len(DTYPES) * 2 * 2
+    assert len(rows) == 5 * len(DTYPES) * 2 * 2
     for row in rows:
         assert "spill 0 B" in row, row

@@ -83,7 +83,8 @@ def test_the_check_sees_a_scalar_loop(tmp_path):
     assert simd_loops_not_vectorised(scalar, tmp_path) != []
 
 
-@pytest.mark.parametrize("name", ["max_floor", "where_counter", "everything", "clamp_params"])
+@pytest.mark.parametrize("name", ["max_floor", "where_counter", "everything", "clamp_params",
+                                  "refractory_graded"])
 @pytest.mark.parametrize("kind", ["forward", "backward"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_branches_and_clamps_vectorise(name, kind, dtype, tmp_path):

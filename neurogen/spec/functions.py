@@ -226,11 +226,16 @@ BRANCH_FUNCTIONS = (maximum, minimum, clamp, abs_, sign, floor, heaviside, sg_he
 
 def canonical(expr):
     """``expr`` with sympy's Max, Min, Abs, sign, floor and Heaviside replaced by the
-    functions above (whose derivatives follow torch)."""
+    functions above (whose derivatives follow torch), and sympy's if-then-else condition
+    (``ITE``, which sympy makes of a comparison with a branch inside, e.g.
+    ``where(v - where(c > 0, 1, 0) > 0, ...)``) written with and/or/not."""
     def convert(e):
         if not e.args:
             return e
         args = [convert(a) for a in e.args]
+        if isinstance(e, sp.ITE):
+            c, a, b = args
+            return sp.Or(sp.And(c, a), sp.And(sp.Not(c), b), evaluate=False)
         func = SYMPY_EQUIVALENTS.get(type(e))
         if func is not None:
             return func(*args)

@@ -484,10 +484,12 @@ class NeuronModel:
                         method=method, input=input, doc=doc)
 
     # ---- generation and modules (implemented in other modules) ---------------------
-    def module(self, **kwargs):
-        """A torch module running this model; see :class:`neurogen.module.NeuronModule`."""
-        from ..module import NeuronModule
-        return NeuronModule(self, **kwargs)
+    @property
+    def module(self):
+        """``model.module(**options)``: a torch module running this model
+        (:class:`neurogen.module.NeuronModule`); ``help(model.module)`` lists this model's
+        parameters with their defaults beside the module's options."""
+        return _module_factory(self)
 
     def cuda_source(self, kind: str = "forward", dtype: str = "float32", **config) -> str:
         """The CUDA source of the ``forward`` or ``backward`` kernel, exactly as compiled."""
@@ -498,3 +500,36 @@ class NeuronModel:
         """The C++ source of the ``forward`` or ``backward`` CPU kernel, exactly as compiled."""
         from ..targets import render
         return render(self, "cpu", kind, dtype, **config)
+
+
+def _module_factory(model):
+    """``model.module``: a function with the real signature (the module's options, then the
+    model's parameters with their defaults) and a docstring naming states and parameters."""
+    import inspect
+
+    from ..module import NeuronModule
+
+    def module(**kwargs):
+        return NeuronModule(model, **kwargs)
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    options = [inspect.Parameter(n, kw, default=d) for n, d in (
+        ("surrogate_function", None), ("detach_reset", False), ("step_mode", "s"),
+        ("backend", "auto"), ("store_v_seq", False), ("record", ()))]
+    params = [inspect.Parameter(k, kw, default=model.defaults[k]) for k in model.param_names]
+    module.__signature__ = inspect.Signature(options + params)
+    module.__name__ = "module"
+    module.__qualname__ = f"{model.name}.module"
+    lines = [f"A torch module running the neuron model {model.name!r} "
+             "(neurogen.module.NeuronModule).", "",
+             f"States: {', '.join(model.state_names)} (read and set as node.<state>).",
+             "Parameters (each a float, a tensor broadcastable to the neuron shape, or an "
+             "nn.Parameter to learn it):"]
+    lines += [f"    {k} = {model.defaults[k]!r}" for k in model.param_names] or ["    (none)"]
+    lines += ["", "Options: surrogate_function (default ng.surrogate.Sigmoid()), detach_reset, "
+              "step_mode ('s' or 'm'), backend ('auto', 'cpu', 'cuda', 'cuda-emulated', "
+              "'torch'), store_v_seq, record (states to keep per step as node.<state>_seq)."]
+    if model.output is not None:
+        lines.append(f"Returns the output {model.output} per step.")
+    module.__doc__ = "\n".join(lines)
+    return module
