@@ -112,4 +112,5 @@ def backward_of(model: NeuronModel, cfg: KernelConfig) -> Backward:
     return derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)[1]
 
 
-__all__ = ["KernelConfig", "make_config", "check_record", "derivation", "backward_of", "PARAM_KINDS"]
+__all__ = ["KernelConfig", "make_config", "check_record", "derivation", "backward_of",
+           "PARAM_KINDS"]

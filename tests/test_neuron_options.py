@@ -19,19 +19,23 @@ BACKENDS = ("torch", "cpu", "cuda-emulated")
 T, N = 24, 11
 
 
-class Spike(torch.autograd.Function):
-    """``u >= 0`` forward; the sigmoid surrogate (alpha 4) backward, written out."""
+def spike_function(derivative):
+    """An autograd function: ``u >= 0`` forward, ``derivative(u)`` backward, written out."""
+    class Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u):
+            ctx.save_for_backward(u)
+            return (u >= 0).to(u.dtype)
 
-    @staticmethod
-    def forward(ctx, u):
-        ctx.save_for_backward(u)
-        return (u >= 0).to(u.dtype)
+        @staticmethod
+        def backward(ctx, g):
+            (u,) = ctx.saved_tensors
+            return g * derivative(u)
+    return Spike
 
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        s = torch.sigmoid(4.0 * u)
-        return g * 4.0 * s * (1 - s)
+
+# the sigmoid surrogate, alpha 4
+Spike = spike_function(lambda u: 4.0 * torch.sigmoid(4.0 * u) * (1 - torch.sigmoid(4.0 * u)))
 
 
 def inputs(seed=0, scale=1.6):
@@ -398,17 +402,7 @@ def test_custom_hyper_parameters_are_kernel_arguments(monkeypatch):
         # by hand: SuperSpike-like 1 / (alpha |u| + 1)^2 at u = v - 1
         x2 = x.clone().requires_grad_()
         v, outs = torch.zeros(N, dtype=torch.float64), []
-
-        class S(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, u):
-                ctx.save_for_backward(u)
-                return (u >= 0).to(u.dtype)
-
-            @staticmethod
-            def backward(ctx, g):
-                (u,) = ctx.saved_tensors
-                return g / (alpha * u.abs() + 1) ** 2
+        S = spike_function(lambda u, alpha=alpha: 1 / (alpha * u.abs() + 1) ** 2)
         for t in range(T):
             v = v + (x2[t] - v) / 2.0
             s = S.apply(v - 1.0)
