@@ -22,9 +22,9 @@ GROUPS = {
     "T": ("int32", "index"), "N": ("int64", "index"),
 }
 _PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
-           "surrogate": "", "spike": "spike_seq", "seq": "seq_", "final": "final_",
+           "surrogate": "", "spike": "spike_seq", "seq": "ng_seq_", "final": "final_",
            "saved_out": "saved_", "saved": "saved_", "grad_spike": "grad_spike_seq",
-           "grad_seq": "grad_seq_", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
+           "grad_seq": "ng_grad_seq_", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
            "grad_init": "grad_init_", "grad_param": "grad_p_", "T": "ng_T", "N": "ng_N"}
 
 

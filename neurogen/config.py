@@ -60,10 +60,9 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
         if kinds.get(k, "scalar") == "scalar":
             kinds[k] = "shared"  # a learnable value lives in a tensor
     record = check_record(model, options.pop("record", ()), options.pop("store_v_seq", False))
-    grad_record = options.pop("grad_record", ())
-    if options.pop("grad_v_seq", False):
-        grad_record = (model.v_name,) + tuple(grad_record)
-    grad_record = tuple(s for s in record if s in set(grad_record))
+    # (the backward's own setting: the gradients it reads; a plan sets it per call)
+    grad_record = check_record(model, options.pop("grad_record", ()),
+                               options.pop("grad_v_seq", False))
     surrogate = options.pop("surrogate", None) or options.pop("surrogate_function", None)
     if surrogate is None:
         surrogate = sg.Sigmoid()

@@ -49,8 +49,8 @@ class _Builder:
         if cse and exprs:
             gen = sp.numbered_symbols("ng_c", start=self._cse_count)
             temps, exprs = sp.cse(exprs, symbols=gen, order="canonical")
+            self._cse_count += len(temps)  # (names used, kept or not)
             temps, exprs = _inline_conditions(temps, exprs)
-            self._cse_count += len(temps)
             out += [Let(str(t), e) for t, e in temps]
         return out + [Let(str(s), e) for s, e in zip(syms, exprs)]
 

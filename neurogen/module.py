@@ -12,6 +12,11 @@ from .config import check_record
 from .spec.model import NeuronModel
 
 
+_COUNTER_LIMIT = {torch.bfloat16: 256, torch.float16: 2048}
+MODULE_OPTIONS = ("surrogate_function", "detach_reset", "step_mode", "backend", "store_v_seq",
+                  "record")
+
+
 class NeuronModule(nn.Module):
     """Runs ``model`` on ``[*shape]`` (``step_mode='s'``) or ``[T, *shape]`` (``'m'``) input.
 
@@ -52,12 +57,14 @@ class NeuronModule(nn.Module):
         if unknown:
             raise TypeError(f"{model.name} has no parameter(s) {sorted(unknown)}; "
                             f"its parameters are {list(model.param_names)}")
-        taken = {"model", "backend", "step_mode", "record", "v_seq"} | {
+        taken = set(MODULE_OPTIONS) | {"model", "v_seq"} | {
             f"{s}_seq" for s in model.state_names}
+        for k in model.param_names + model.state_names:
+            if hasattr(type(self), k) or k in taken:
+                what = "parameter" if k in model.param_names else "state"
+                raise ValueError(f"{what} name {k!r} clashes with a module attribute or "
+                                 "option; rename it in the model")
         for k in model.param_names:
-            if hasattr(nn.Module, k) or k in taken:
-                raise ValueError(f"parameter name {k!r} clashes with a module attribute; "
-                                 "rename it in the model")
             self.set_param(k, params.get(k, model.defaults[k]))
         self.reset()
 
@@ -134,6 +141,18 @@ class NeuronModule(nn.Module):
         if not bool(((v == v.round()) & (v >= 0)).all()):
             raise ValueError(f"parameter {name!r} is the refractory period and must be a whole "
                              f"number of steps >= 0, got {value}")
+        self.__dict__["_refractory_max"] = float(v.max()) if v.numel() else 0.0
+
+    def _check_counter(self, dtype):
+        """The refractory counter is a state of the input's dtype: a half type counts whole
+        steps exactly up to 2^(mantissa bits + 1) only (bfloat16 256, float16 2048)."""
+        k = self.model.refractory
+        k = self.__dict__.get("_refractory_max", 0.0) if isinstance(k, str) else k
+        limit = _COUNTER_LIMIT.get(dtype)
+        if limit is not None and k > limit:
+            raise ValueError(f"a refractory period of {k:g} steps cannot be counted in {dtype} "
+                             f"(whole numbers are exact up to {limit}); run float32 input or "
+                             "a shorter period")
 
     def param_values(self):
         return {k: getattr(self, k) for k in self.model.param_names}
@@ -148,6 +167,8 @@ class NeuronModule(nn.Module):
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_memories", {}):
             self._memories[name] = value
+        elif name in getattr(self.__dict__.get("model"), "param_names", ()):
+            self.set_param(name, value)  # node.tau = ...: as tau=... at construction
         else:
             super().__setattr__(name, value)
 
@@ -159,8 +180,10 @@ class NeuronModule(nn.Module):
 
     def reset_records(self):
         """Forget the recorded values."""
-        for name in [k for k in self._memories if k.endswith("_seq")]:
-            del self._memories[name]
+        for name in self.__dict__.get("_seq_attrs", ()):
+            if name not in self.model.state_names:
+                self._memories.pop(name, None)
+        self.__dict__["_seq_attrs"] = self._seq_names()
         for name in self._seq_names():
             self._memories[name] = None
         self.__dict__["_seq_lists"] = {s: [] for s in self.record}
@@ -251,6 +274,8 @@ class NeuronModule(nn.Module):
         _check_input(x_seq, min_dim=1)
         params = self.param_values()
         self._check_param_devices(x_seq, params)
+        if self.model.refractory is not None:
+            self._check_counter(x_seq.dtype)
         states = self._states_for(x_seq, params)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")

@@ -177,9 +177,10 @@ def multi_step(model, x_seq, states, params, surrogate, detach_reset=False, reco
                 spike = out = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate)
                 if stage.output(model) is not None:
                     env["spike"] = spike
-                    out = _t(evaluate(stage.output(model), env, x), x)
+                    out = _t(evaluate(stage.output(model), env, x), x).expand_as(x)
                 continue
-            new = {s: _t(evaluate(e, env, x), x) for s, e in stage.equations(model).items()}
+            new = {s: _t(evaluate(e, env, x), x).expand_as(x)
+                   for s, e in stage.equations(model).items()}
             cur = {**cur, **new}
         outs.append(out)
         for s in record:

@@ -195,14 +195,19 @@ class Custom(Surrogate):
     def __init__(self, derivative=None, primitive=None, name: str = "custom", **hyper):
         if (derivative is None) == (primitive is None):
             raise SpecError("Custom surrogate: give exactly one of derivative= or primitive=")
+        from .spec.parse import _CONSTANTS
+        from .spec.functions import FUNCTIONS
         for k, v in hyper.items():
-            if not k.isidentifier() or k == "u" or k.startswith("ng_") or k in (
-                    "spiking", "params", "defaults", "name"):
-                raise SpecError(f"Custom surrogate: {k!r} cannot name a hyper-parameter")
+            if (not k.isidentifier() or k == "u" or k.startswith(("ng_", "_"))
+                    or hasattr(Custom, k) or k in ("spiking", "params", "name")
+                    or k in _CONSTANTS or k in FUNCTIONS):
+                raise SpecError(f"Custom surrogate: {k!r} cannot name a hyper-parameter (it is "
+                                "'u', a constant, a function or a member of the surrogate); "
+                                "rename it, e.g. alpha")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise SpecError(f"Custom surrogate: hyper-parameter {k!r} needs a number, got "
                                 f"{v!r}")
-        self.defaults = {k: float(v) for k, v in hyper.items()}
+        self.defaults = {k: float(hyper[k]) for k in sorted(hyper)}  # (order: no matter)
         super().__init__(**hyper)
         self.name = name
         self._prim = self._read(primitive, "primitive") if primitive is not None else None

@@ -35,13 +35,14 @@ BRANCH_FORMS = ("where({q} > {o}, tanh({q}), 0.5 * {o})", "clamp({q}, -0.4, 0.6)
                 "where({q} < -0.2 or {o} >= 0.4, 0.3 * {o}, {q})",
                 # a branch inside a condition (sympy makes it an if-then-else condition)
                 "where({q} - where({o} > 0.2, 0.3, 0) > 0, tanh({q}), 0.2 * {o})")
-OUTPUT_FORMS = (None, "read", "amp", "where")
+OUTPUT_FORMS = (None, "read", "amp", "where", "branch")
 REFRACTORY_FORMS = (None, None, 1, 2, "param")
 # every subset of the three groups with an equation per state
 MEMBERSHIPS = (("charge", "reset"), ("reset",), (), ("charge",), ("adaptation",),
                ("charge", "adaptation"), ("adaptation", "reset"),
                ("charge", "adaptation", "reset"))
-RESET_FORMS = ("hard", "soft", "jump", "last_spike", "mix", "other", "nonlinear", "where")
+RESET_FORMS = ("hard", "soft", "jump", "last_spike", "mix", "other", "nonlinear", "where",
+               "branch")
 
 
 class _Builder:
@@ -108,6 +109,10 @@ class _Builder:
             return f"{self.coef(0.3, 0.9)} * {self.read(states)}"
         if form == "where":  # a branch on the spike: no gradient through the condition
             return f"where({spk} > 0.5, {self.coef(-0.2, 0.2)}, {self.read(states)})"
+        if form == "branch":  # a branch or clamp of the states, scaled by the spike
+            q, o = d(st.sampled_from(states)), d(st.sampled_from(states))
+            term = d(st.sampled_from(BRANCH_FORMS)).format(q=q, o=o)
+            return f"{self.decay(s)} + 0.3 * {spk} * {term}"
         return f"{s} * (1 - {spk} * spike) + 0.2 * spike * spike"
 
 
@@ -188,6 +193,9 @@ def structures(draw, subject=None, surrogate=None):
         output = f"spike * {b.param(0.5, 1.5, 'amp')} + 0.1 * spike * {b.read(states)}"
     elif output == "where":
         output = f"where(spike > 0, {b.read(states)}, 0.1 * {b.read(states)})"
+    elif output == "branch":
+        q, o = draw(st.sampled_from(states)), draw(st.sampled_from(states))
+        output = f"spike * (1 + {draw(st.sampled_from(BRANCH_FORMS)).format(q=q, o=o)})"
     refractory = draw(st.sampled_from(REFRACTORY_FORMS))
     hold = None
     if refractory is not None:

@@ -438,3 +438,94 @@ def test_help_of_model_module_shows_the_real_arguments():
     assert "Returns the output spike*v" in text
     node = model.module(tau=3.0)
     assert node.tau == 3.0
+
+
+# ---- found in review (each was wrong before its fix) -----------------------------------------
+def test_replace_keeps_the_refractory_options():
+    m = lif_refractory(2, refractory_hold=())
+    assert m.replace(doc="copy").refractory_hold == () and m.replace(doc="copy") == m
+    assert m.with_stages(m.stages).refractory_hold == ()
+    plain = lif_refractory(2).replace(refractory=0)
+    assert plain.refractory is None and plain.state_names == ("v", "w")
+    assert ng.neuron.LIFNode(refractory=2).model.replace(refractory=None) == ng.neuron.lif_spec()
+
+
+@needs_cxx
+def test_half_types_refuse_periods_they_cannot_count():
+    m = lif_refractory(300)
+    x = torch.full((4, 3), 5.0)
+    for backend in ("torch", "cpu"):
+        with pytest.raises(ValueError, match="300 steps cannot be counted in torch.bfloat16"):
+            m.module(step_mode="m", backend=backend)(x.bfloat16())
+    m.module(step_mode="m", backend="torch")(x.half())            # 2048 is float16's limit
+    p = lif_refractory("t_ref").module(step_mode="m", backend="torch", t_ref=3000.0)
+    with pytest.raises(ValueError, match="3000 steps cannot be counted in torch.float16"):
+        p(x.half())
+
+
+def test_assigned_parameters_get_the_checks_of_construction():
+    node = lif_refractory("t_ref").module()
+    with pytest.raises(ValueError, match="whole number of steps >= 0, got 2.5"):
+        node.t_ref = 2.5
+    with pytest.raises(ValueError, match="cannot be learnable"):
+        node.t_ref = torch.nn.Parameter(torch.tensor(2.0))
+    node.t_ref = 3.0
+    node.tau = torch.nn.Parameter(torch.tensor(3.0))
+    assert node.t_ref == 3.0 and "tau" in dict(node.named_parameters())
+    node.tau = 2.5                                   # back to a fixed float
+    assert node.tau == 2.5 and "tau" not in dict(node.named_parameters())
+    with pytest.raises(TypeError, match="must be a float, a tensor or an nn.Parameter"):
+        node.tau = "fast"
+
+
+@needs_cxx
+def test_names_next_to_the_new_members():
+    # a state whose name ends in _seq
+    m = ng.NeuronModel("m", states={"v": 0.0, "i_seq": 0.0}, charge={"v": "v + x + i_seq"},
+                       fire="v - 1", reset={"v": "v * (1 - spike)"})
+    node = m.module(step_mode="m", backend="cpu", record=("v",))
+    node(torch.ones(3, 2))
+    assert node.i_seq.shape == (2,) and node.v_seq.shape == (3, 2)
+    # a parameter named like a module option or member: a clear error, and help still works
+    for name in ("store_v_seq", "record", "reset_records"):
+        bad = ng.NeuronModel("m", states={"v": 0.0}, params={name: 1.0},
+                             charge={"v": f"v + x * {name}"}, fire="v - 1")
+        bad.module.__signature__                         # (no crash while building it)
+        with pytest.raises(ValueError, match=f"parameter name '{name}' clashes"):
+            bad.module()
+    # a parameter named like a recorded state's kernel argument of old (seq_<s>)
+    ok = ng.NeuronModel("m", states={"v": 0.0}, params={"seq_v": 1.0},
+                        charge={"v": "v + x * seq_v"}, fire="v - 1")
+    ok.module(step_mode="m", backend="cpu", record=("v",))(torch.ones(2, 2))
+    # a name that is another name's kernel argument
+    with pytest.raises(SpecError, match="'p_tau' is the kernel argument of parameter 'tau'"):
+        ng.NeuronModel("m", states={"v": 0.0}, params={"tau": 2.0, "p_tau": 1.0},
+                       charge={"v": "v + x / tau + p_tau"}, fire="v - 1")
+    with pytest.raises(SpecError, match="'init_v' is the kernel argument of state 'v'"):
+        ng.NeuronModel("m", states={"v": 0.0, "init_v": 0.0}, charge={"v": "v + x"},
+                       fire="v - 1")
+
+
+@needs_cxx
+def test_output_of_parameters_alone_has_the_input_shape():
+    m = graded("amp")
+    for backend in ("torch", "cpu"):
+        out = m.module(step_mode="m", backend=backend, amp=torch.tensor(0.7))(torch.ones(5, 3))
+        assert out.shape == (5, 3)
+
+
+def test_custom_hyper_parameter_names_and_order():
+    for bad in ("E", "pi", "key", "structure", "spiking", "exp"):
+        with pytest.raises(SpecError, match=f"'{bad}' cannot name a hyper-parameter"):
+            ng.surrogate.Custom(derivative="1 / (1 + u**2)", **{bad: 1.0})
+    a = ng.surrogate.Custom(derivative="a / (1 + (b * u)**2)", a=1.0, b=2.0)
+    b = ng.surrogate.Custom(derivative="a / (1 + (b * u)**2)", b=2.0, a=1.0)
+    assert a == b and a.structure() == b.structure() and hash(a) == hash(b)
+
+
+def test_backward_gradient_arguments_of_recorded_states():
+    m = lif_refractory(2)
+    assert "ng_grad_seq_v" in m.cpp_source("backward", "float32", grad_v_seq=True)
+    assert "ng_grad_seq_w" in m.cpp_source("backward", "float32", grad_record=("w",))
+    with pytest.raises(SpecError, match="record names 'nope'"):
+        m.cpp_source("backward", "float32", grad_record=("nope",))

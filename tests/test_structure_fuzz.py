@@ -175,7 +175,7 @@ def test_generator_covers_every_structure():
     assert len(SUBJECTS) == 8 * 4 + 4
     seen = set()
 
-    @settings(max_examples=150, database=None, **CASES)
+    @settings(max_examples=400, database=None, **CASES)
     @given(st.data())
     def collect(data):
         i = data.draw(st.integers(0, len(SUBJECTS) - 1))

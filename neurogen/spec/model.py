@@ -130,6 +130,7 @@ class NeuronModel:
         if fire is None:
             raise SpecError(f"model {name!r} has no fire expression: pass fire=, e.g. "
                             f"fire='{self.state_names[0]} - v_threshold' (spike when >= 0)")
+        self._check_argument_names()
         self.fire = _to_expr(fire, "fire")
         self.output = None if output is None else _to_expr(output, "output")
         if self.output is not None and self.output == spike:
@@ -197,6 +198,25 @@ class NeuronModel:
                 raise SpecError(f"{group} equation of {n!r} is given twice")
             out[n] = _to_expr(value, f"{group} equation of {n!r}")
         return {n: out[n] for n in self.state_names if n in out}
+
+    def _check_argument_names(self):
+        """A kernel names its arguments after the states and parameters (``init_v``,
+        ``p_tau``, ...; neurogen.abi) and its locals after the names themselves: a name
+        that is another name's argument would be declared twice."""
+        from .. import abi
+        owners = {}
+        for s in self.state_names:
+            for group in ("init", "final", "grad_init", "grad_final", "saved"):
+                owners[abi.name(group, s)] = f"state {s!r}"
+        for k in self.param_names:
+            for group in ("param", "grad_param"):
+                owners[abi.name(group, k)] = f"parameter {k!r}"
+        for group in ("x", "spike", "grad_spike", "grad_x"):
+            owners[abi.name(group)] = "the kernels"
+        for n in self.state_names + self.param_names + (self.input_name,):
+            if n in owners:
+                raise SpecError(f"the name {n!r} is the kernel argument of {owners[n]}; rename "
+                                f"it, e.g. {n}_0")
 
     # ---- refractory periods --------------------------------------------------------
     def _fold_refractory(self, refractory, hold):
@@ -363,6 +383,9 @@ class NeuronModel:
     def replace(self, **changes) -> "NeuronModel":
         """A copy with some constructor arguments changed (e.g. ``params=``)."""
         kwargs = self._arguments()
+        if "refractory" in changes and "refractory_hold" not in changes and (
+                changes["refractory"] is None or changes["refractory"] == 0):
+            kwargs["refractory_hold"] = None  # no period: nothing to hold
         kwargs.update(changes)
         out = NeuronModel(**kwargs)
         custom = self.__dict__.get("_stages")
@@ -375,7 +398,8 @@ class NeuronModel:
                     charge=dict(d["charge"]), adaptation=dict(d["adaptation"]), fire=d["fire"],
                     reset=dict(d["reset"]), input=self.input_name, doc=self.doc,
                     output=self.output, refractory=self.refractory,
-                    refractory_hold=self.refractory_hold or None)
+                    refractory_hold=(self.refractory_hold if self.refractory is not None
+                                     else None))
 
     @property
     def stages(self):
@@ -516,7 +540,9 @@ def _module_factory(model):
     options = [inspect.Parameter(n, kw, default=d) for n, d in (
         ("surrogate_function", None), ("detach_reset", False), ("step_mode", "s"),
         ("backend", "auto"), ("store_v_seq", False), ("record", ()))]
-    params = [inspect.Parameter(k, kw, default=model.defaults[k]) for k in model.param_names]
+    names = {p.name for p in options}  # (a parameter named like an option: the module says)
+    params = [inspect.Parameter(k, kw, default=model.defaults[k]) for k in model.param_names
+              if k not in names]
     module.__signature__ = inspect.Signature(options + params)
     module.__name__ = "module"
     module.__qualname__ = f"{model.name}.module"
