@@ -207,6 +207,17 @@ class NeuronModule(nn.Module):
                                        for s, lst in self._seq_lists.items()}
         return super()._apply(fn, *args, **kwargs)
 
+    def __setstate__(self, state):
+        # a module pickled before record= existed (issue 19): store_v_seq and one list
+        if "_record" not in state:
+            v_name = state["model"].v_name
+            state["_record"] = (v_name,) if state.pop("store_v_seq", False) else ()
+            v_list = state.pop("_v_list", [])
+            state["_seq_lists"] = {s: (v_list if s == v_name else [])
+                                   for s in state["_record"]}
+            state["_seq_attrs"] = ["v_seq"]
+        super().__setstate__(state)
+
     def __getstate__(self):
         # deepcopy/pickle: states carry no autograd graph (torch cannot copy a non-leaf tensor)
         state = super().__getstate__()

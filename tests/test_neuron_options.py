@@ -529,3 +529,21 @@ def test_backward_gradient_arguments_of_recorded_states():
     assert "ng_grad_seq_w" in m.cpp_source("backward", "float32", grad_record=("w",))
     with pytest.raises(SpecError, match="record names 'nope'"):
         m.cpp_source("backward", "float32", grad_record=("nope",))
+
+
+def test_pickles_from_before_these_options_still_load():
+    """tests/data: a model and a LIFNode(store_v_seq=True) pickled by commit d55d993."""
+    import pathlib
+    import pickle
+    data = pathlib.Path(__file__).parent / "data"
+    model = pickle.loads((data / "model_before_issue19.pkl").read_bytes())
+    same = ng.NeuronModel("m", states={"v": 0.0}, params={"tau": 2.0},
+                          charge={"v": "v + (x - v) / tau"}, fire="v - 1",
+                          reset={"v": "v * (1 - spike_d)"})
+    assert model == same and model.output is None and model.refractory is None
+    assert model.replace(doc="copy") == same
+    node = pickle.loads((data / "lif_node_before_issue19.pkl").read_bytes())
+    assert node.store_v_seq and node.record == ("v",) and node.v_seq.shape == (4, 3)
+    node.reset()
+    node(torch.rand(5, 3))
+    assert node.v_seq.shape == (5, 3)

@@ -439,6 +439,17 @@ class NeuronModel:
                     self._check_expr(expr, known | extra, f"{stage.name} equation of {n!r}",
                                      stage.name)
 
+    def __setstate__(self, state):
+        # a model pickled before output/refractory existed (issue 19) has neither
+        state.setdefault("output", None)
+        state.setdefault("refractory", None)
+        state.setdefault("refractory_hold", ())
+        if "declared" not in state:
+            state["declared"] = dict(states=dict(state["initial"]), charge=dict(state["charge"]),
+                                     adaptation=dict(state["adaptation"]), fire=state["fire"],
+                                     reset=dict(state["reset"]))
+        self.__dict__.update(state)
+
     def __eq__(self, other):
         return isinstance(other, NeuronModel) and self.canonical() == other.canonical()
 
