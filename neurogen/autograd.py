@@ -57,7 +57,9 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals):
     params = dict(zip(plan.tensor_params, tensors[n_states:]))
     T, N = x_seq.shape
     io = dict(dtype=x_seq.dtype, device=x_seq.device)
-    cfg = plan.backward_cfg(tuple(s for s, g in zip(plan.cfg.record, g_seqs) if g is not None))
+    cfg = plan.backward_cfg(tuple(s for s, g in zip(plan.cfg.record, g_seqs) if g is not None),
+                            tuple(s for s, g in zip(plan.model.state_names, g_finals)
+                                  if g is None))
     zeros_n = buffers.constant((N,), 0.0, io["dtype"], io["device"])
     values = {names.T: T, names.N: N, names.x: x_seq,
               names.grad_spike: (g_spike.contiguous() if g_spike is not None

@@ -28,12 +28,16 @@ class KernelConfig:
     learnable: Tuple[str, ...] = ()
     param_kinds: Tuple[Tuple[str, str], ...] = ()
     grad_record: Tuple[str, ...] = ()   # recorded states the backward gets a gradient of
+    # states whose final gradient the backward is given as None (zero): with the states
+    # whose gradient then stays zero at every step, their gradient chains are left out
+    zero_grads: Tuple[str, ...] = ()
 
     def key(self) -> str:
         return (f"surrogate={self.surrogate.structure()};detach={self.detach_reset};"
                 f"record={','.join(self.record)};save={self.save};"
                 f"learn={','.join(self.learnable)};params={self.param_kinds};"
-                f"grecord={','.join(self.grad_record)}")
+                f"grecord={','.join(self.grad_record)}"
+                + (f";zero={','.join(self.zero_grads)}" if self.zero_grads else ""))
 
     @property
     def store_v_seq(self) -> bool:
@@ -63,6 +67,7 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
     # (the backward's own setting: the gradients it reads; a plan sets it per call)
     grad_record = check_record(model, options.pop("grad_record", ()),
                                options.pop("grad_v_seq", False))
+    zero_grads = check_record(model, options.pop("zero_grads", ()))
     surrogate = options.pop("surrogate", None) or options.pop("surrogate_function", None)
     if surrogate is None:
         surrogate = sg.Sigmoid()
@@ -74,7 +79,8 @@ def make_config(model: NeuronModel, **options) -> KernelConfig:
     cfg = KernelConfig(surrogate=surrogate,
                        param_kinds=tuple((k, kinds[k]) for k in model.param_names if k in kinds),
                        learnable=tuple(k for k in model.param_names if k in learnable),
-                       record=record, grad_record=grad_record, **options)
+                       record=record, grad_record=grad_record, zero_grads=zero_grads,
+                       **options)
     return cfg
 
 

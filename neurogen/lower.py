@@ -128,8 +128,26 @@ def _forward(model, step, bw, cfg, b):
     return dict(before=before, step=body, after=after, carried=list(model.state_names))
 
 
+def zero_gradients(model, bw, cfg):
+    """The states whose gradient is zero at every step of this backward: their final
+    gradient is given as zero (``cfg.zero_grads``), no recorded sequence adds to it, and
+    their gradient before a step is zero whenever theirs after it is (e.g. a refractory
+    counter, read only in conditions). Their gradient chains are left out of the kernel
+    and their initial states' gradients are zeros."""
+    zero = {s for s in cfg.zero_grads if s not in cfg.grad_record}
+    while True:
+        subs = {G(q): 0 for q in zero}
+        keep = {s for s in zero if bw.outputs[G_PREV(s).name].xreplace(subs) == 0}
+        if keep == zero:
+            return tuple(s for s in model.state_names if s in zero)
+        zero = keep
+
+
 def _backward(model, step, bw, cfg, b):
-    name, states = abi.name, model.state_names
+    name = abi.name
+    zero = zero_gradients(model, bw, cfg)
+    zsubs = {G(q): sp.Integer(0) for q in zero}
+    states = tuple(s for s in model.state_names if s not in zero)  # (gradients carried)
     sv = {y: sp.Symbol(f"ng_sv_{abi.saved_key(y)}") for y in bw.saved}
     before = [Load(str(G(s)), name("grad_final", s), NEURON, "var") for s in states]
     before += [Load(str(sv[y]), name("saved", abi.saved_key(y)), LAST, "var") for y in bw.saved]
@@ -165,15 +183,17 @@ def _backward(model, step, bw, cfg, b):
             out.append(Load(f"ng_gseq_{s}", name("grad_seq", s), STEP))
             out.append(Set(str(G(s)), sp.Symbol(f"ng_gseq_{s}"), accumulate=True))
         out.append(Load(str(GSPIKE), name("grad_spike"), STEP))
-        out += b.lets([(sp.Symbol(n), collect_linear(e, b.invariant))
-                       for n, e in bw.outputs.items()])
+        out += b.lets([(sp.Symbol(n), collect_linear(e.xreplace(zsubs), b.invariant))
+                       for n, e in bw.outputs.items()
+                       if n not in {G_PREV(q).name for q in zero}])
         out.append(Store(name("grad_x"), STEP, GX))
         out += [Set(f"ng_acc_{k}", G_PARAM(k), accumulate=True) for k in bw.learnable]
         out += [Set(str(G(s)), G_PREV(s)) for s in states]
         return out
 
     inner, first = body(False), body(True)
-    after = [Store(name("grad_init", s), NEURON, G(s)) for s in states]
+    after = [Store(name("grad_init", s), NEURON, G(s) if s in states else sp.Integer(0))
+             for s in model.state_names]
     after += [Store(name("grad_param", k), NEURON, sp.Symbol(f"ng_acc_{k}"))
               for k in bw.learnable]
     carried = ([str(G(s)) for s in states] + [str(sv[y]) for y in bw.saved]

@@ -31,7 +31,8 @@ class Plan:
     scalars: Tuple[Tuple[str, float], ...]   # by-value arguments (p_*, sg_*)
     tensor_params: Tuple[str, ...]     # parameters passed as tensors, in order
 
-    # (kind, grad_record, device) -> (kernel, packer, cache generation); not part of the value
+    # (kind, grad_record, zero_grads, device) -> (kernel, packer, cache generation); not part
+    # of the value
     _kernels: dict = field(default_factory=dict, init=False, compare=False, hash=False,
                            repr=False)
     # the derived backward, the backward's configuration per set of recorded gradients
@@ -56,13 +57,15 @@ class Plan:
             bw = self._memo["bw"] = backward_of(self.model, self.cfg)
         return bw
 
-    def backward_cfg(self, grad_record: Tuple[str, ...]) -> KernelConfig:
+    def backward_cfg(self, grad_record: Tuple[str, ...],
+                     zero_grads: Tuple[str, ...] = ()) -> KernelConfig:
         """The backward's configuration when the recorded states ``grad_record`` have a
-        gradient (the others read as zeros)."""
-        key = ("grad_record", grad_record)
+        gradient (the others read as zeros) and the final states ``zero_grads`` have none."""
+        key = ("grad_record", grad_record, zero_grads)
         cfg = self._memo.get(key)
         if cfg is None:
-            cfg = self._memo[key] = dataclasses.replace(self.cfg, grad_record=grad_record)
+            cfg = self._memo[key] = dataclasses.replace(self.cfg, grad_record=grad_record,
+                                                        zero_grads=zero_grads)
         return cfg
 
     @property
@@ -78,7 +81,7 @@ class Plan:
         set per call; the kernel and its argument packer are made once per plan."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
-        key = (kind, cfg.grad_record, device)
+        key = (kind, cfg.grad_record, cfg.zero_grads, device)
         entry = self._kernels.get(key)
         if entry is None or entry[2] != cache.generation:
             generation = cache.generation  # read first: a forget during the build wins

@@ -27,12 +27,14 @@ needs_cxx = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compi
 
 
 def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
-                 record_all=False, **module_kw):
+                 record_all=False, final_loss=True, **module_kw):
     """Run ``model`` as a module and return outputs and gradients of a random loss.
 
     ``params``: name -> float or tensor; names in ``learnable`` become nn.Parameters.
     ``init``: optional name -> tensor of initial states (given requires_grad).
     ``record_all``: record every state (``seq_<s>``) and put a loss term on each.
+    ``final_loss=False``: no loss term on the final states (their gradients are None, as
+    in a loss on the outputs alone).
     Returns a dict of tensors (all detached); a model with a graded ``output`` gives it
     as ``output`` (compared within tolerance) instead of ``spikes`` (compared exactly).
     """
@@ -64,7 +66,8 @@ def run_and_grad(model, backend, x_seq, params, init=None, learnable=(), seed=0,
         loss = loss + (q * torch.randn(q.shape, generator=g, dtype=torch.float64).to(x)).sum()
     for s in model.state_names:
         w_f = torch.randn(finals[s].shape, generator=g, dtype=torch.float64).to(x)
-        loss = loss + (finals[s] * w_f).sum()
+        if final_loss:
+            loss = loss + (finals[s] * w_f).sum()
     wrt = [x] + list(inits.values()) + [getattr(node, k) for k in learnable]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
