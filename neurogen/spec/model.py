@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.functions.elementary.piecewise import ExprCondPair
 
 from ..errors import SpecError
-from .functions import BRANCH_FUNCTIONS, FUNCTIONS, UNSUPPORTED, canonical, maximum, surrogate_at
+from .functions import BRANCH_FUNCTIONS, FUNCTIONS, UNSUPPORTED, canonical, surrogate_at
 from .parse import parse_expr
 
 spike = sp.Symbol("spike")
@@ -271,8 +271,7 @@ class NeuronModel:
                     eqs[h] = sp.Piecewise((sp.Symbol(h), refr), (eqs[h], True))
         self.fire = sp.Piecewise((sp.Integer(-1), refr), (self.fire, True))
         self.reset[REFRACTORY] = sp.Piecewise(
-            (count, sp.StrictGreaterThan(spike, 0)),
-            (maximum(c - 1, sp.Integer(0)), True))
+            (count, sp.StrictGreaterThan(spike, 0)), (c - 1, refr), (sp.Integer(0), True))
         self.state_names = self.state_names + (REFRACTORY,)
         self.initial[REFRACTORY] = sp.Integer(0)
         self.refractory, self.refractory_hold = k, hold
