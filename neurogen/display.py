@@ -21,7 +21,8 @@ def model_text(model) -> str:
                      f"'refractory'); holds {', '.join(model.refractory_hold)}")
     for stage in model.stages:
         if isinstance(stage, FireStage):
-            lines.append(f"  {stage.name:<10} spike = Heaviside({stage.fire(model)})")
+            rel = ">" if getattr(model, "fire_strict", False) else ">="
+            lines.append(f"  {stage.name:<10} spike = ({stage.fire(model)} {rel} 0)")
             if stage.output(model) is not None:
                 lines.append(f"  {'output':<10} {stage.output(model)}")
         for s, e in stage.equations(model).items():

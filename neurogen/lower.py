@@ -26,9 +26,10 @@ DTYPES = dtypes.ALL
 PSPIKE, PU = sp.Symbol("ng_pspike"), sp.Symbol("ng_pu")
 
 
-def select(u) -> sp.Expr:
-    """The spike as a select: 1 where ``u >= 0``."""
-    return sp.Piecewise((sp.Integer(1), sp.Ge(u, 0)), (sp.Integer(0), True))
+def select(u, strict=False) -> sp.Expr:
+    """The spike as a select: 1 where ``u >= 0`` (``strict``: where ``u > 0``)."""
+    cond = sp.Gt(u, 0) if strict else sp.Ge(u, 0)
+    return sp.Piecewise((sp.Integer(1), cond), (sp.Integer(0), True))
 
 
 class _Builder:
@@ -107,7 +108,7 @@ def _stage_lets(b: _Builder, step, assignments) -> list:
             break
         stage = a.stage
         if a.spike:
-            out.append(Let(str(SPIKE), select(a.expr)))
+            out.append(Let(str(SPIKE), select(a.expr, step.strict)))
         else:
             group.append((a.target, a.expr.xreplace({spike_d: spike})))
     return out
@@ -170,9 +171,9 @@ def _backward(model, step, bw, cfg, b):
             if u_prev is not None:
                 out += b.lets([(PU, u_prev)])
                 rebuilt = {s: spike_select(e.xreplace({spike: PSPIKE}), PSPIKE, PU,
-                                           b.invariant) for s, e in prev.items()}
+                                           b.invariant, step.strict) for s, e in prev.items()}
                 if any(e.has(PSPIKE) for e in rebuilt.values()):
-                    out.append(Let(str(PSPIKE), select(PU)))
+                    out.append(Let(str(PSPIKE), select(PU, step.strict)))
             out += b.lets([(P(s), e) for s, e in rebuilt.items()])
         if bw.needs_x:
             out.append(Load(model.input_name, name("x"), STEP))

@@ -133,23 +133,24 @@ def _t(value, like):
 
 
 class SpikeFunction(torch.autograd.Function):
-    """Heaviside forward (``u >= 0``), surrogate derivative backward."""
+    """Heaviside forward (``u >= 0``; ``strict``: ``u > 0``), surrogate derivative
+    backward."""
 
     @staticmethod
-    def forward(ctx, u, surrogate):
+    def forward(ctx, u, surrogate, strict=False):
         ctx.save_for_backward(u)
         ctx.surrogate = surrogate
-        return (u >= 0).to(u.dtype)
+        return ((u > 0) if strict else (u >= 0)).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (u,) = ctx.saved_tensors
         d = evaluate(ctx.surrogate.derivative_expr(), {"u": u}, u)
-        return grad * _t(d, u), None
+        return grad * _t(d, u), None, None
 
 
-def spike_fn(u, surrogate):
-    return SpikeFunction.apply(u, surrogate)
+def spike_fn(u, surrogate, strict=False):
+    return SpikeFunction.apply(u, surrogate, strict)
 
 
 def multi_step(model, x_seq, states, params, surrogate, detach_reset=False, record=()):
@@ -174,7 +175,8 @@ def multi_step(model, x_seq, states, params, surrogate, detach_reset=False, reco
                 env["spike"] = spike
                 env["spike_d"] = spike.detach() if detach_reset else spike
             if isinstance(stage, FireStage):
-                spike = out = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate)
+                spike = out = spike_fn(_t(evaluate(stage.fire(model), env, x), x), surrogate,
+                                       model.fire_strict)
                 if stage.output(model) is not None:
                     env["spike"] = spike
                     out = _t(evaluate(stage.output(model), env, x), x).expand_as(x)

@@ -106,7 +106,7 @@ def _weighted_away(expr, s, value, invariant):
 
 
 @functools.lru_cache(maxsize=4096)
-def _spike_select(expr, s, u, invariant):
+def _spike_select(expr, s, u, invariant, strict=False):
     if not expr.has(s) or sp.diff(expr, s, 2) != 0:
         return expr
     branches = []
@@ -119,7 +119,8 @@ def _spike_select(expr, s, u, invariant):
     # stays a product
     if sum(_cost(b, invariant) for b in branches) > _cost(expr, invariant) - 2:
         return expr
-    return sp.Piecewise((branches[0], sp.Ge(u, 0)), (branches[1], True))
+    return sp.Piecewise((branches[0], sp.Gt(u, 0) if strict else sp.Ge(u, 0)),
+                        (branches[1], True))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -149,15 +150,16 @@ def collect_linear(expr, invariant):
     return _collect_linear(expr, invariant)
 
 
-def spike_select(expr, s, u, invariant):
-    """``expr``, linear in the 0/1 spike ``s`` (``s = u >= 0``), as ``u >= 0 ? expr|s=1 :
+def spike_select(expr, s, u, invariant, strict=False):
+    """``expr``, linear in the 0/1 spike ``s`` (``s = u >= 0``; ``strict``: ``u > 0``), as
+    ``u >= 0 ? expr|s=1 :
     expr|s=0`` where that takes fewer operations: a hard reset ``h (1 - s) + s r`` becomes
     one select instead of a subtraction, two products and a sum (PERF_NOTES.md 22). What
     the zero weight multiplies away stays as ``ZeroTimes`` (:func:`_weighted_away`), so an
     infinite or NaN value gives NaN as the product does; a parameter the weight 0 removes
     is dropped (a non-finite parameter makes every state NaN anyway). Equal to the product
     form for finite values, up to the sign of a zero."""
-    return _spike_select(expr, s, u, invariant)
+    return _spike_select(expr, s, u, invariant, strict)
 
 
 __all__ = ["ZeroTimes", "Hoister", "collect_linear", "spike_select"]

@@ -178,6 +178,8 @@ class Step:
         self.x = P(model.input_name)
         cur = {s: P(s) for s in self.states}
         self.output = SPIKE  # what the step returns (OUT when the model has an output)
+        # spike = fire > 0 (strict) or fire >= 0 (the default)
+        self.strict = bool(getattr(model, "fire_strict", False))
         self.reads: List[Dict[str, sp.Symbol]] = []
         self.assignments: List[Assignment] = []
         fired = False

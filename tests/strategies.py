@@ -209,7 +209,7 @@ def structures(draw, subject=None, surrogate=None):
         charge={s: " + ".join(p) or "0.5 * x" for s, p in charge.items()},
         adaptation={s: " + ".join(p) for s, p in adaptation.items()},
         fire=fire, reset={s: " + ".join(p) for s, p in reset.items()}, output=output,
-        refractory=refractory, refractory_hold=hold)
+        refractory=refractory, refractory_hold=hold, fire_strict=draw(st.booleans()))
     kinds = {k: draw(st.sampled_from(["float", "neuron", "learnable", "learnable_neuron"]))
              for k in model.param_names}
     if "t_ref" in kinds:  # whole steps: a plain or a per-neuron integer, never learnable

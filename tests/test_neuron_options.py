@@ -19,13 +19,14 @@ BACKENDS = ("torch", "cpu", "cuda-emulated")
 T, N = 24, 11
 
 
-def spike_function(derivative):
-    """An autograd function: ``u >= 0`` forward, ``derivative(u)`` backward, written out."""
+def spike_function(derivative, strict=False):
+    """An autograd function: ``u >= 0`` (``strict``: ``u > 0``) forward, ``derivative(u)``
+    backward, written out."""
     class Spike(torch.autograd.Function):
         @staticmethod
         def forward(ctx, u):
             ctx.save_for_backward(u)
-            return (u >= 0).to(u.dtype)
+            return ((u > 0) if strict else (u >= 0)).to(u.dtype)
 
         @staticmethod
         def backward(ctx, g):
@@ -547,3 +548,39 @@ def test_pickles_from_before_these_options_still_load():
     node.reset()
     node(torch.rand(5, 3))
     assert node.v_seq.shape == (5, 3)
+
+
+# ---- a strict threshold ----------------------------------------------------------------------
+@needs_cxx
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strict_threshold_at_exact_ties(backend):
+    """``fire_strict=True``: spike where fire > 0, the surrogate at the fire value, at exact
+    ties too (inputs in quarters keep every sum exact); the hard reset of the previous
+    step is rebuilt from that spike in the backward."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randint(-2, 7, (T, N), generator=gen).to(torch.float64) / 4
+    model = ng.NeuronModel("strict", states={"v": 0.0}, params={"v_reset": 0.0, "beta": 0.5},
+                           charge={"v": "beta * v + x"}, fire="v - 1",
+                           reset={"v": "(1 - spike) * v + spike * v_reset"}, fire_strict=True)
+    # a learnable beta: its gradient reads the previous v, rebuilt from the previous spike
+    beta = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    node, xg, spikes = run(model, backend, x, beta=beta)
+    x2 = x.clone().requires_grad_()
+    beta2 = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    strict = spike_function(lambda u: 4.0 * torch.sigmoid(4.0 * u) * (1 - torch.sigmoid(4.0 * u)),
+                            strict=True)
+    v, outs, ties = torch.zeros(N, dtype=torch.float64), [], 0
+    for t in range(T):
+        v = beta2 * v + x2[t]
+        ties += int((v == 1.0).sum())
+        s = strict.apply(v - 1.0)
+        outs.append(s)
+        v = (1 - s) * v
+    ref = torch.stack(outs)
+    assert ties >= 5 and torch.equal(spikes, ref.detach())
+    w = torch.randn(T, N, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((spikes * w).sum() + node.v.sum(), (xg, beta))
+    want = torch.autograd.grad((ref * w).sum() + v.sum(), (x2, beta2))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert not torch.equal(run(model.replace(fire_strict=False), backend, x)[2], spikes)

@@ -12,10 +12,10 @@ The model declarations below are those of the "Neurons from other libraries" sec
 docs/models.md (test_docs_declare_the_same_models checks it). Conventions that needed care
 (see that section):
 
-* snnTorch and Norse spike when ``u > 0`` (strict), neurogen when ``fire >= 0``:
-  the models fire on ``where(mem == threshold, -1, mem - threshold)``, exact in the
-  forward (test_strict_threshold_at_exact_ties) but without the peers' surrogate gradient
-  g'(0) at an exact tie (test_surrogate_gradient_at_ties, an expected failure).
+* snnTorch and Norse spike when ``u > 0`` (strict), neurogen by default when
+  ``fire >= 0``: their models are declared with ``fire_strict=True`` (spike where
+  ``fire > 0``, the surrogate at the fire value), exact at ties too, gradients included
+  (test_strict_threshold_at_exact_ties, test_surrogate_gradient_at_ties).
 * snnTorch's default ``reset_delay=True``: the (detached) reset of step t-1's spike is part of
   step t's charge, written with ``heaviside(mem - threshold, 0)`` (strict, no gradient); the
   reset group is empty and the state returned is not yet reset. ``reset_delay=False``
@@ -72,7 +72,7 @@ def snntorch_leaky(reset_mechanism="subtract", reset_delay=True):
     return ng.NeuronModel(f"snntorch_leaky_{reset_mechanism}" + "_now" * (not reset_delay),
                           states=states, params={"beta": 0.9, "threshold": 1.0},
                           charge=charge,
-                          fire="where(mem == threshold, -1, mem - threshold)",  # mem > threshold
+                          fire="mem - threshold", fire_strict=True,  # mem > threshold
                           reset=reset)
 
 
@@ -86,7 +86,7 @@ def snntorch_synaptic(reset_mechanism="subtract"):
                           params={"alpha": 0.8, "beta": 0.9, "threshold": 1.0},
                           charge={"syn": "clamp(alpha, 0, 1) * syn + x"},
                           adaptation={"mem": mem},   # reads the new syn and the previous mem
-                          fire="where(mem == threshold, -1, mem - threshold)",
+                          fire="mem - threshold", fire_strict=True,
                           reset={})
 
 
@@ -107,7 +107,7 @@ def snntorch_alpha(reset_mechanism="zero"):
                           states={"mem": 0.0, "syn_exc": 0.0, "syn_inh": 0.0},
                           params={"alpha": 0.9, "beta": 0.8, "threshold": 1.0},
                           charge=charge,
-                          fire="where(mem == threshold, -1, mem - threshold)",
+                          fire="mem - threshold", fire_strict=True,
                           reset={})
 
 
@@ -119,7 +119,7 @@ def snntorch_lapicque(reset_mechanism="subtract"):
     return ng.NeuronModel(f"snntorch_lapicque_{reset_mechanism}", states={"mem": 0.0},
                           params={"R": 1.0, "C": 1.0, "time_step": 1.0, "threshold": 1.0},
                           charge={"mem": mem},
-                          fire="where(mem == threshold, -1, mem - threshold)",
+                          fire="mem - threshold", fire_strict=True,
                           reset={})
 
 
@@ -131,7 +131,7 @@ def norse_lif():
                 "v_th": 1.0, "v_reset": 0.0},
         charge={"v": "v + dt * tau_mem_inv * ((v_leak - v) + (i + x))",
                 "i": "(i + x) - dt * tau_syn_inv * (i + x)"},
-        fire="where(v == v_th, -1, v - v_th)",                     # v > v_th
+        fire="v - v_th", fire_strict=True,                     # v > v_th
         reset={"v": "(1 - spike) * v + spike * v_reset"})          # Norse does not detach
 
 
@@ -146,7 +146,7 @@ def norse_adex():
                      " + (i + x) - a)",
                 "i": "(i + x) - dt * tau_syn_inv * (i + x)",
                 "a": "a + dt * tau_ada_inv * (adaptation_current * (v - v_leak) - a)"},
-        fire="where(v == v_th, -1, v - v_th)",
+        fire="v - v_th", fire_strict=True,
         reset={"v": "(1 - spike) * v + spike * v_reset", "a": "a + spike * adaptation_spike"})
 
 
@@ -160,7 +160,7 @@ def norse_lsnn():
         charge={"v": "v + dt * tau_mem_inv * ((v_leak - v) + i)",  # the previous current
                 "i": "i - dt * tau_syn_inv * i + x",                 # x enters after the v update
                 "b": "b + dt * tau_adapt_inv * (v_th - b)"},
-        fire="where(v == b, -1, v - b)",                             # v > b
+        fire="v - b", fire_strict=True,                             # v > b
         reset={"v": "(1 - spike) * v + spike * v_reset", "b": "b + spike * beta"})
 
 
@@ -177,7 +177,7 @@ def norse_lif_refrac():
                 "v_th": 1.0, "v_reset": 0.0, "rho_reset": 5.0},
         charge={"v": "v + dt * tau_mem_inv * ((v_leak - v) + (i + x))",
                 "i": "(i + x) - dt * tau_syn_inv * (i + x)", "v_prev": "v"},
-        fire="where(v == v_th, -1, v - v_th)",                     # z0: v > v_th
+        fire="v - v_th", fire_strict=True,                     # z0: v > v_th
         output=z,
         reset={"v": f"(1 - {m}) * ((1 - spike) * v + spike * v_reset) + {m} * v_prev",
                "rho": f"(1 - {z}) * where(rho - {m} > 0, rho - {m}, 0) + {z} * rho_reset"})
@@ -388,15 +388,15 @@ for rm in ("subtract", "zero"):
     case(f"ties-snntorch-Leaky-{rm}", lambda rm=rm: snntorch_leaky(rm), ATAN,
          peer_snntorch(snn.Leaky, rm), {"beta": 0.5, "threshold": 1.0}, _quarters(T, N),
          {"mem": _quarters(N)},
-         ties=lambda rm=rm: snntorch_leaky(rm).replace(fire="mem - threshold"))
+         ties=lambda rm=rm: snntorch_leaky(rm).replace(fire_strict=False))
 case("ties-norse-LIFCell", norse_lif, SUPERSPIKE,
      peer_norse(LIFCell, LIFParameters, LIFFeedForwardState),
      {"dt": 0.25, "tau_syn_inv": 2.0, "tau_mem_inv": 2.0, "v_leak": 0.0, "v_th": 1.0,
       "v_reset": 0.0}, _quarters(T, N), {"v": _quarters(N), "i": _quarters(N)}, fixed=("dt",),
-     ties=lambda: norse_lif().replace(fire="v - v_th"))
+     ties=lambda: norse_lif().replace(fire_strict=False))
 case("ties-spikingjelly-FlexSN", flexsn_clamped_lif, ATAN, peer_flexsn,
      {"decay": 0.5, "v_th": 1.0, "v_min": -0.5}, _quarters(T, N), {"v": _quarters(N)},
-     ties=lambda: flexsn_clamped_lif().replace(fire="where(v == v_th, -1, v - v_th)"))
+     ties=lambda: flexsn_clamped_lif().replace(fire_strict=True))
 STRICT_TIES = ["ties-snntorch-Leaky-subtract", "ties-snntorch-Leaky-zero", "ties-norse-LIFCell"]
 
 
@@ -523,30 +523,29 @@ def test_matches_peer(name, init_kind, backend):
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c["ties"] is not None])
 def test_strict_threshold_at_exact_ties(name, backend):
     """At u == 0 exactly snnTorch and Norse do not spike, SpikingJelly does: the declared
-    models agree with each peer there (spikes and states; the gradients too for
-    SpikingJelly), and the other convention would not."""
+    models (``fire_strict=True`` for the first two) agree with each peer there, gradients
+    included (the surrogate at u = 0), and the other convention would not."""
     for per_step in (False, True):
         ref = run_peer(name, "random", per_step)
         got = run_neurogen(name, "random", per_step, backend)
-        label = f"{name}, {backend}, per_step={per_step}"
-        if name in STRICT_TIES:                   # gradients: test_surrogate_gradient_at_ties
-            ref = {k: v for k, v in ref.items() if not k.startswith("grad")}
-            got = {k: v for k, v in got.items() if not k.startswith("grad")}
-        assert_same(got, ref, label)
+        assert_same(got, ref, f"{name}, {backend}, per_step={per_step}")
     # the other convention differs from the peer: ties were hit, and the construction matters
     other = run_neurogen(name, "random", False, "torch", model=CASES[name]["ties"]())
     assert not torch.equal(other["spikes"], ref["spikes"]), f"{name}: no tie was hit"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "neurogen spikes on fire >= 0 and differentiates the surrogate at the fire value; the "
-    "strict u > 0 of snnTorch and Norse, written where(u == 0, -1, u), is exact in the "
-    "forward but has no surrogate gradient at an exact tie, where the peers use g'(0) "
-    "(no strict-threshold fire exists in neurogen)"))
 @pytest.mark.parametrize("name", STRICT_TIES)
 def test_surrogate_gradient_at_ties(name):
-    got = run_neurogen(name, "random", False, "torch")
-    assert_same(got, run_peer(name, "random", False), name)
+    """The strict threshold's gradient at a tie is the surrogate's at 0, as the peers':
+    the earlier construction where(u == 0, -1, u) (exact spikes, no gradient at the tie)
+    fails this, which the first assertion checks."""
+    ref = run_peer(name, "random", False)
+    model = CASES[name]["model"]()
+    by_where = model.replace(fire=f"where({model.fire} == 0, -1, {model.fire})",
+                             fire_strict=False)
+    with pytest.raises(AssertionError):
+        assert_same(run_neurogen(name, "random", False, "torch", model=by_where), ref, name)
+    assert_same(run_neurogen(name, "random", False, "torch"), ref, name)
 
 
 def test_atan64_is_snntorchs_atan():

@@ -116,7 +116,7 @@ class NeuronModel:
     def __init__(self, name: str, states: Mapping, params: Optional[Mapping] = None,
                  charge: Optional[Mapping] = None, adaptation: Optional[Mapping] = None,
                  fire=None, reset: Optional[Mapping] = None, input: str = "x", doc: str = "",
-                 output=None, refractory=None, refractory_hold=None):
+                 output=None, refractory=None, refractory_hold=None, fire_strict=False):
         if not isinstance(name, str) or not _IDENT.fullmatch(name):
             raise SpecError(f"model name {name!r} must be an identifier such as 'adex'")
         self.name = name
@@ -132,6 +132,10 @@ class NeuronModel:
                             f"fire='{self.state_names[0]} - v_threshold' (spike when >= 0)")
         self._check_argument_names()
         self.fire = _to_expr(fire, "fire")
+        if not isinstance(fire_strict, bool):
+            raise SpecError(f"fire_strict must be True (spike where fire > 0, as snnTorch and "
+                            f"Norse) or False (fire >= 0), got {fire_strict!r}")
+        self.fire_strict = fire_strict
         self.output = None if output is None else _to_expr(output, "output")
         if self.output is not None and self.output == spike:
             self.output = None  # the default: the module returns the spike
@@ -368,6 +372,8 @@ class NeuronModel:
         lines.append(f"fire={sp.srepr(self.fire)}")
         if self.output is not None:  # (the default adds nothing: existing hashes stay)
             lines.append(f"output={sp.srepr(self.output)}")
+        if self.fire_strict:
+            lines.append("fire_strict=True")
         if self.refractory is not None:
             lines.append(f"refractory={self.refractory!r} hold={self.refractory_hold}")
         custom = self.__dict__.get("_stages")
@@ -398,7 +404,7 @@ class NeuronModel:
                     reset=dict(d["reset"]), input=self.input_name, doc=self.doc,
                     output=self.output, refractory=self.refractory,
                     refractory_hold=(self.refractory_hold if self.refractory is not None
-                                     else None))
+                                     else None), fire_strict=self.fire_strict)
 
     @property
     def stages(self):
@@ -443,6 +449,7 @@ class NeuronModel:
         state.setdefault("output", None)
         state.setdefault("refractory", None)
         state.setdefault("refractory_hold", ())
+        state.setdefault("fire_strict", False)
         if "declared" not in state:
             state["declared"] = dict(states=dict(state["initial"]), charge=dict(state["charge"]),
                                      adaptation=dict(state["adaptation"]), fire=state["fire"],

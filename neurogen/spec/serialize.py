@@ -19,7 +19,7 @@ FORMAT = "neurogen.model"
 VERSION = 1
 _GROUPS = ("charge", "adaptation", "reset")
 _KEYS = {"format", "version", "name", "doc", "input", "states", "params", "fire", "output",
-         "refractory", "refractory_hold"} | set(_GROUPS)
+         "refractory", "refractory_hold", "fire_strict"} | set(_GROUPS)
 
 
 # ---- expressions as text ------------------------------------------------------------
@@ -111,6 +111,8 @@ def to_dict(model) -> dict:
     d["fire"] = expr_text(declared["fire"], "fire expression")
     if model.output is not None:
         d["output"] = expr_text(model.output, "output")
+    if model.fire_strict:
+        d["fire_strict"] = True
     if model.refractory is not None:
         d["refractory"] = model.refractory
         d["refractory_hold"] = list(model.refractory_hold)
@@ -162,7 +164,7 @@ def from_dict(d):
                        adaptation=_text_map(d, "adaptation"), reset=_text_map(d, "reset"),
                        fire=d["fire"], input=d.get("input", "x"), doc=d.get("doc", ""),
                        output=d.get("output"), refractory=d.get("refractory"),
-                       refractory_hold=hold)
+                       refractory_hold=hold, fire_strict=d.get("fire_strict", False))
 
 
 # ---- JSON and TOML -------------------------------------------------------------------
@@ -220,7 +222,7 @@ def _toml_value(v):
     if isinstance(v, str):
         return _toml_str(v)
     if isinstance(v, bool):
-        raise SpecError("model file: booleans are not used")
+        return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, (list, tuple)):
