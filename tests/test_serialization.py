@@ -106,7 +106,11 @@ torch.save({"spikes": node(x), "v_seq": node.v_seq, "v": node.v}, sys.argv[3])
 """
 
 
-def test_unpickled_in_a_new_process_loads_kernels_from_disk(tmp_path, adex):
+def test_unpickled_in_a_new_process_loads_kernels_from_disk(tmp_path, adex, monkeypatch):
+    # a cache folder of this test's own: other processes (another test run) building
+    # kernels into the shared one meanwhile cannot look like a compile here
+    monkeypatch.setenv("NEUROGEN_CACHE_DIR", str(tmp_path / "cache"))
+    ng.forget_kernels()
     node = adex_node(adex)
     train_a_step(node)
     node(x_seq(seed=3))
