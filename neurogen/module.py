@@ -57,7 +57,7 @@ class NeuronModule(nn.Module):
         if unknown:
             raise TypeError(f"{model.name} has no parameter(s) {sorted(unknown)}; "
                             f"its parameters are {list(model.param_names)}")
-        taken = set(MODULE_OPTIONS) | {"model", "v_seq"} | {
+        taken = set(MODULE_OPTIONS) | {"model", "v_seq", "training"} | {
             f"{s}_seq" for s in model.state_names}
         for k in model.param_names + model.state_names:
             if hasattr(type(self), k) or k in taken:
@@ -114,23 +114,26 @@ class NeuronModule(nn.Module):
         """Set parameter ``name`` to a float, a tensor, or an ``nn.Parameter``."""
         if name not in self.model.param_names:
             raise KeyError(f"{self.model.name} has no parameter {name!r}")
+        # every check before the old value goes: a refused value leaves the old one
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            if value.is_complex() or not value.is_floating_point():
+                raise TypeError(f"parameter {name!r} must be a floating tensor, got {value.dtype}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"parameter {name!r} must be finite, got {value}")
+        elif not isinstance(value, nn.Parameter):
+            raise TypeError(f"parameter {name!r} must be a float, a tensor or an nn.Parameter, "
+                            f"got {type(value).__name__}")
+        if name == self.model.refractory:
+            self._check_refractory(name, value)
         for store in (self._parameters, self._buffers, self.__dict__):
             store.pop(name, None)
         if isinstance(value, nn.Parameter):
             self.register_parameter(name, value)
         elif isinstance(value, torch.Tensor):
-            if value.is_complex() or not value.is_floating_point():
-                raise TypeError(f"parameter {name!r} must be a floating tensor, got {value.dtype}")
             self.register_buffer(name, value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ValueError(f"parameter {name!r} must be finite, got {value}")
-            self.__dict__[name] = float(value)
         else:
-            raise TypeError(f"parameter {name!r} must be a float, a tensor or an nn.Parameter, "
-                            f"got {type(value).__name__}")
-        if name == self.model.refractory:
-            self._check_refractory(name, value)
+            self.__dict__[name] = float(value)
 
     def _check_refractory(self, name, value):
         """The parameter holding the refractory period: whole steps >= 0, not learnable."""

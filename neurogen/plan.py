@@ -64,8 +64,13 @@ class Plan:
         key = ("grad_record", grad_record, zero_grads)
         cfg = self._memo.get(key)
         if cfg is None:
-            cfg = self._memo[key] = dataclasses.replace(self.cfg, grad_record=grad_record,
-                                                        zero_grads=zero_grads)
+            from .lower import zero_gradients
+            cfg = dataclasses.replace(self.cfg, grad_record=grad_record, zero_grads=zero_grads)
+            # keyed by the states whose gradients really stay zero: the same kernel for
+            # every pattern of None gradients that leaves the same set
+            cfg = dataclasses.replace(cfg, zero_grads=zero_gradients(
+                self.model, self.backward_info(), cfg))
+            self._memo[key] = cfg
         return cfg
 
     @property

@@ -584,3 +584,47 @@ def test_strict_threshold_at_exact_ties(backend):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert not torch.equal(run(model.replace(fire_strict=False), backend, x)[2], spikes)
+
+
+def test_second_review_findings():
+    # a refused refractory value leaves the old one (and its half-type limit) in place
+    node = lif_refractory("t_ref").module(step_mode="m", backend="torch")
+    with pytest.raises(ValueError, match="whole number"):
+        node.t_ref = torch.tensor(300.5)
+    with pytest.raises(ValueError, match="cannot be learnable"):
+        node.t_ref = torch.nn.Parameter(torch.tensor(3.0))
+    assert node.t_ref == 2.0 and "t_ref" not in dict(node.named_parameters())
+    node.t_ref = 300.0
+    with pytest.raises(ValueError, match="300 steps cannot be counted in torch.bfloat16"):
+        node(torch.full((3, 2), 5.0).bfloat16())
+    # 'training' is nn.Module's own flag
+    with pytest.raises(ValueError, match="parameter name 'training' clashes"):
+        ng.NeuronModel("m", states={"v": 0.0}, params={"training": 1.0},
+                       charge={"v": "v + x * training"}, fire="v - 1").module()
+    # surrogate arguments and kernel type names are reserved
+    for bad in ("sg_alpha", "compute_t", "NAN"):
+        with pytest.raises(SpecError, match=f"parameter name '{bad}' is reserved"):
+            ng.NeuronModel("m", states={"v": 0.0}, params={bad: 1.0},
+                           charge={"v": f"v + x * {bad}"}, fire="v - 1")
+    with pytest.raises(SpecError, match="'init_refractory' is the kernel argument of state "
+                                        "'refractory'"):
+        ng.NeuronModel("m", states={"v": 0.0}, params={"init_refractory": 1.0},
+                       charge={"v": "v + x * init_refractory"}, fire="v - 1", refractory=2)
+
+
+def test_one_backward_kernel_per_zero_gradient_set():
+    """Patterns of None final gradients that leave the same states with zero gradients
+    share the kernel (a plain LIF: none stays zero, whatever the pattern)."""
+    from neurogen import targets
+    from neurogen.config import make_config
+    from neurogen.plan import Plan
+    model = ng.neuron.lif_spec()
+    plan = Plan(model=model, target=targets.get("cpu"), dtype="float32",
+                cfg=make_config(model), scalars=(), tensor_params=())
+    assert plan.backward_cfg((), ("v",)) == plan.backward_cfg((), ())
+    refr = lif_refractory(2)
+    plan = Plan(model=refr, target=targets.get("cpu"), dtype="float32",
+                cfg=make_config(refr), scalars=(), tensor_params=())
+    assert plan.backward_cfg((), ("v", "w", "refractory")).zero_grads == ("refractory",)
+    assert plan.backward_cfg((), ("refractory",)).zero_grads == ("refractory",)
+    assert plan.backward_cfg((), ("v",)).zero_grads == ()

@@ -35,6 +35,7 @@ inline int long register restrict return short signed sizeof static struct switc
 union unsigned void volatile while bool true false class namespace new delete this template
 typename using virtual public private protected operator friend catch try throw asm
 half float2 float4 int2 int4 dim3 threadIdx blockIdx blockDim gridDim warpSize min max
+compute_t io_t NAN INFINITY M_PI
 exp log sqrt tanh sin cos atan pow fabs
 """.split())
 _RESERVED = {"spike", "spike_d", "pi", "E"} | set(FUNCTIONS)
@@ -47,9 +48,10 @@ def _check_name(name: str, role: str) -> str:
         raise SpecError(f"{role} name {name!r} must be an identifier such as 'v' or 'tau_w' "
                         "(letters, digits and '_', starting with a letter)")
     if (name in _C_WORDS or name in _RESERVED or keyword.iskeyword(name)
-            or name.startswith("ng_") or "__" in name):
+            or name.startswith(("ng_", "sg_")) or "__" in name):
         raise SpecError(f"{role} name {name!r} is reserved (a C/CUDA or Python word, a neurogen name, "
-                        f"or has the 'ng_' prefix or '__'); rename it, e.g. {name}_0")
+                        f"or has the 'ng_' or 'sg_' prefix (kernels' own names and surrogate "
+                        f"arguments) or '__'); rename it, e.g. {name}_0")
     return name
 
 
@@ -147,6 +149,8 @@ class NeuronModel:
                              reset=dict(self.reset))
         self.refractory, self.refractory_hold = None, ()
         self._fold_refractory(refractory, refractory_hold)
+        if self.refractory is not None:
+            self._check_argument_names()  # (the counter's arguments too)
 
     # ---- reading -------------------------------------------------------------------
     def _read_states(self, states):
