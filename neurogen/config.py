@@ -101,6 +101,10 @@ def check_record(model: NeuronModel, record, store_v_seq=False) -> Tuple[str, ..
                             f"states are {list(model.state_names)}")
     if store_v_seq:
         names.append(model.v_name)
+    if "v" in names and model.v_name != "v":
+        raise SpecError(f"state 'v' of {model.name!r} is not its firing state "
+                        f"({model.v_name!r}), whose values node.v_seq holds: recording 'v' "
+                        "would need the same attribute; rename the state")
     return tuple(s for s in model.state_names if s in names)
 
 

@@ -628,3 +628,20 @@ def test_one_backward_kernel_per_zero_gradient_set():
     assert plan.backward_cfg((), ("v", "w", "refractory")).zero_grads == ("refractory",)
     assert plan.backward_cfg((), ("refractory",)).zero_grads == ("refractory",)
     assert plan.backward_cfg((), ("v",)).zero_grads == ()
+
+
+def test_from_ode_takes_the_options():
+    m = ng.NeuronModel.from_ode("lif_ode", states={"v": 0.0}, params={"tau": 10.0},
+                                ode={"v": "(x - v) / tau"}, fire="v - 1",
+                                reset={"v": "v * (1 - spike_d)"}, method="exact",
+                                refractory=2, output="spike * v", fire_strict=True)
+    assert m.refractory == 2 and m.output is not None and m.fire_strict
+    assert m.state_names == ("v", "refractory") and m.ode_method == "exact"
+
+
+def test_recording_a_state_named_v_that_does_not_fire_is_refused():
+    m = ng.NeuronModel("uv", states={"u": 0.0, "v": 0.0}, charge={"u": "u + x", "v": "0.5 * v"},
+                       fire="u - 1")
+    assert m.module(record=("u",)).record == ("u",)
+    with pytest.raises(SpecError, match="state 'v' of 'uv' is not its firing state"):
+        m.module(record=("v",))

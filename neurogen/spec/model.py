@@ -521,12 +521,13 @@ class NeuronModel:
 
     @classmethod
     def from_ode(cls, name, states, ode, params=None, fire=None, reset=None, dt=1.0,
-                 method="auto", input="x", doc=""):
+                 method="auto", input="x", doc="", **options):
         """A model from ``d(state)/dt`` right-hand sides, discretised over a step of ``dt``
-        (a parameter). See :func:`neurogen.spec.ode.from_ode` for the methods."""
+        (a parameter). See :func:`neurogen.spec.ode.from_ode` for the methods;
+        ``options``: ``output``, ``refractory``, ``refractory_hold``, ``fire_strict``."""
         from .ode import from_ode
         return from_ode(name, states, ode, params=params, fire=fire, reset=reset, dt=dt,
-                        method=method, input=input, doc=doc)
+                        method=method, input=input, doc=doc, **options)
 
     # ---- generation and modules (implemented in other modules) ---------------------
     @property

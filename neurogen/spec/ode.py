@@ -25,8 +25,10 @@ METHODS = ("exact", "exponential_euler", "euler", "rk2", "auto")
 
 def from_ode(name: str, states: Mapping, ode: Mapping, params: Optional[Mapping] = None,
              fire=None, reset: Optional[Mapping] = None, dt: float = 1.0,
-             method: str = "auto", input: str = "x", doc: str = "") -> NeuronModel:
+             method: str = "auto", input: str = "x", doc: str = "", **options) -> NeuronModel:
     """A :class:`NeuronModel` from ``ds/dt`` right-hand sides; see the module docstring.
+    ``options``: the model's other arguments (``output``, ``refractory``,
+    ``refractory_hold``, ``fire_strict``).
 
     >>> m = from_ode("lif", states={"v": 0.0}, params={"tau": 10.0, "v_th": 1.0},
     ...              ode={"v": "(x - v) / tau"}, fire="v - v_th",
@@ -50,7 +52,8 @@ def from_ode(name: str, states: Mapping, ode: Mapping, params: Optional[Mapping]
             raise SpecError(f"ode for unknown state {n!r}; states are {state_names}")
         rhs[n] = _to_expr(value, f"ode of {n!r}")
     # A model built from the right-hand sides alone validates symbols and functions first.
-    NeuronModel(name, states, params, charge=rhs, fire=fire, reset=reset, input=input)
+    NeuronModel(name, states, params, charge=rhs, fire=fire, reset=reset, input=input,
+                **options)
     order = [s for s in state_names if s in rhs]
     tried = []
     for m in (("exact", "exponential_euler", "euler") if method == "auto" else (method,)):
@@ -62,7 +65,7 @@ def from_ode(name: str, states: Mapping, ode: Mapping, params: Optional[Mapping]
                 raise SpecError(f"method {m!r} does not apply: {exc}") from None
             continue
         model = NeuronModel(name, states, params, charge=charge, fire=fire, reset=reset,
-                            input=input, doc=doc)
+                            input=input, doc=doc, **options)
         model.ode = dict(rhs)
         model.ode_method = m
         model.ode_tried = tried
