@@ -47,39 +47,36 @@ def _select(cond, value=1):
     return sp.Piecewise((value, cond), (0, True))
 
 
-class maximum(sp.Function):
+class _Extremum(sp.Function):
+    """``maximum``/``minimum``: the gradient to the side that ``wins`` (``a > b`` for the
+    maximum), half to each at a tie; numbers evaluate with ``numeric``."""
+
+    nargs = 2
+    wins = numeric = None
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else self.args[::-1]
+        return sp.Piecewise((1, self.wins(a, b)), (sp.Rational(1, 2), sp.Eq(a, b)), (0, True))
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Number and b.is_Number:
+            return cls.numeric(a, b)
+        if sp.default_sort_key(b) < sp.default_sort_key(a):  # symmetric: one order
+            return cls(b, a)
+
+
+class maximum(_Extremum):
     """``torch.maximum(a, b)``: NaN if either is NaN; at a tie each side gets half the
     gradient."""
 
-    nargs = 2
-
-    def fdiff(self, argindex=1):
-        a, b = self.args if argindex == 1 else self.args[::-1]
-        return sp.Piecewise((1, sp.Gt(a, b)), (sp.Rational(1, 2), sp.Eq(a, b)), (0, True))
-
-    @classmethod
-    def eval(cls, a, b):
-        if a.is_Number and b.is_Number:
-            return sp.Max(a, b)
-        if sp.default_sort_key(b) < sp.default_sort_key(a):  # symmetric: one order
-            return cls(b, a)
+    wins, numeric = sp.Gt, sp.Max
 
 
-class minimum(sp.Function):
+class minimum(_Extremum):
     """``torch.minimum(a, b)``: NaN if either is NaN; at a tie each side gets half."""
 
-    nargs = 2
-
-    def fdiff(self, argindex=1):
-        a, b = self.args if argindex == 1 else self.args[::-1]
-        return sp.Piecewise((1, sp.Lt(a, b)), (sp.Rational(1, 2), sp.Eq(a, b)), (0, True))
-
-    @classmethod
-    def eval(cls, a, b):
-        if a.is_Number and b.is_Number:
-            return sp.Min(a, b)
-        if sp.default_sort_key(b) < sp.default_sort_key(a):  # symmetric: one order
-            return cls(b, a)
+    wins, numeric = sp.Lt, sp.Min
 
 
 class clamp(sp.Function):
