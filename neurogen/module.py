@@ -1,4 +1,5 @@
 """`NeuronModule`: the torch module that runs a `NeuronModel` (SpikingJelly-style)."""
+import inspect
 import math
 from typing import Optional
 
@@ -13,8 +14,6 @@ from .spec.model import NeuronModel
 
 
 _COUNTER_LIMIT = {torch.bfloat16: 256, torch.float16: 2048}
-MODULE_OPTIONS = ("surrogate_function", "detach_reset", "step_mode", "backend", "store_v_seq",
-                  "record")
 
 
 class NeuronModule(nn.Module):
@@ -325,6 +324,12 @@ class NeuronModule(nn.Module):
                   f"surrogate_function={self.surrogate_function!r}"]
         return ", ".join(parts)
 
+
+
+# the module's options and their defaults, read from its signature (help(model.module)
+# shows them; a model parameter may not take one of these names)
+MODULE_OPTIONS = {n: p.default for n, p in inspect.signature(NeuronModule.__init__).parameters
+                  .items() if n not in ("self", "model") and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 def _detached(memories, graph_only=False):
     """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""

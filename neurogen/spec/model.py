@@ -132,7 +132,6 @@ class NeuronModel:
         if fire is None:
             raise SpecError(f"model {name!r} has no fire expression: pass fire=, e.g. "
                             f"fire='{self.state_names[0]} - v_threshold' (spike when >= 0)")
-        self._check_argument_names()
         self.fire = _to_expr(fire, "fire")
         if not isinstance(fire_strict, bool):
             raise SpecError(f"fire_strict must be True (spike where fire > 0, as snnTorch and "
@@ -149,8 +148,7 @@ class NeuronModel:
                              reset=dict(self.reset))
         self.refractory, self.refractory_hold = None, ()
         self._fold_refractory(refractory, refractory_hold)
-        if self.refractory is not None:
-            self._check_argument_names()  # (the counter's arguments too)
+        self._check_argument_names()  # (after the fold: the counter's arguments too)
 
     # ---- reading -------------------------------------------------------------------
     def _read_states(self, states):
@@ -553,15 +551,13 @@ def _module_factory(model):
     model's parameters with their defaults) and a docstring naming states and parameters."""
     import inspect
 
-    from ..module import NeuronModule
+    from ..module import MODULE_OPTIONS, NeuronModule
 
     def module(**kwargs):
         return NeuronModule(model, **kwargs)
 
     kw = inspect.Parameter.KEYWORD_ONLY
-    options = [inspect.Parameter(n, kw, default=d) for n, d in (
-        ("surrogate_function", None), ("detach_reset", False), ("step_mode", "s"),
-        ("backend", "auto"), ("store_v_seq", False), ("record", ()))]
+    options = [inspect.Parameter(n, kw, default=d) for n, d in MODULE_OPTIONS.items()]
     names = {p.name for p in options}  # (a parameter named like an option: the module says)
     params = [inspect.Parameter(k, kw, default=model.defaults[k]) for k in model.param_names
               if k not in names]
