@@ -20,12 +20,18 @@ GROUPS = {
     "grad_final": ("in", "io"), "saved": ("in", "io"), "grad_x": ("out", "io"),
     "grad_init": ("out", "io"), "grad_param": ("out", "compute"),
     "T": ("int32", "index"), "N": ("int64", "index"),
+    # recurrent kernels (RecurrentLayer): the weight [H, H] (the forward reads it
+    # transposed), the previous call's last output, the total input the backward reads
+    "rec_weight": ("in", "compute"), "rec_weight_t": ("in", "compute"),
+    "rec_out0": ("in", "io"), "rec_input": ("out", "io"), "H": ("int64", "index"),
 }
 _PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
            "surrogate": "", "spike": "spike_seq", "seq": "ng_seq_", "final": "final_",
            "saved_out": "saved_", "saved": "saved_", "grad_spike": "grad_spike_seq",
            "grad_seq": "ng_grad_seq_", "grad_final": "grad_final_", "grad_x": "grad_x_seq",
-           "grad_init": "grad_init_", "grad_param": "grad_p_", "T": "ng_T", "N": "ng_N"}
+           "grad_init": "grad_init_", "grad_param": "grad_p_", "T": "ng_T", "N": "ng_N",
+           "rec_weight": "ng_W", "rec_weight_t": "ng_WT", "rec_out0": "ng_out0",
+           "rec_input": "ng_xrec", "H": "ng_H"}
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,15 @@ def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
     saved = [saved_key(y) for y in bw.saved]
     params = [arg("param_value" if cfg.kind_of(k) == "scalar" else "param", k)
               for k in model.param_names]
+    rec = getattr(cfg, "recurrent", False)
     if kind == "forward":
         out = [arg("x")] + [arg("init", s) for s in states] + params + [arg("spike")]
         out += [arg("seq", s) for s in cfg.record]
         out += [arg("final", s) for s in states]
         out += [arg("saved_out", k) for k in saved] if cfg.save else []
+        if rec:
+            out += [arg("rec_weight_t"), arg("rec_out0")]
+            out += [arg("rec_input")] if cfg.save and bw.needs_x else []
     elif kind == "backward":
         params += [arg("surrogate", k) for k in cfg.surrogate.kernel_values()]
         out = [arg("grad_spike")] + [arg("grad_seq", s) for s in cfg.grad_record]
@@ -77,9 +87,10 @@ def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
         out += [arg("init", s) for s in bw.needs_init]
         out += params + [arg("grad_x")] + [arg("grad_init", s) for s in states]
         out += [arg("grad_param", k) for k in cfg.learnable]
+        out += [arg("rec_weight")] if rec else []
     else:
         raise ValueError(f"kernel kind must be 'forward' or 'backward', not {kind!r}")
-    return tuple(out + [arg("T"), arg("N")])
+    return tuple(out + [arg("T"), arg("N")] + ([arg("H")] if rec else []))
 
 
 __all__ = ["Arg", "GROUPS", "arg", "name", "saved_key", "kernel_args"]

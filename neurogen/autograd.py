@@ -15,18 +15,19 @@ from typing import List, Optional
 
 import torch
 
-from . import buffers, cache, dtypes
+from . import abi, buffers, cache, dtypes
 from .plan import PLANS, Plan, plan_for
 
 AVAILABLE = hasattr(torch.library, "custom_op")  # torch >= 2.4
 
 
-def run_forward(plan: Plan, x_seq, tensors):
+def run_forward(plan: Plan, x_seq, tensors, rec=None):
     """Run the forward kernel. ``tensors``: initial states [N] then parameter tensors.
+    ``rec``: a recurrent plan's ``(H, transposed weight, previous output [N])``.
 
     Returns ``(outputs, saved)``: ``[output_seq, *recorded states' values, *final
     states]`` and the per-step values the backward reads (empty when ``plan.cfg.save`` is
-    off)."""
+    off; a recurrent plan's last one is the total input when the backward reads it)."""
     cfg, names = plan.cfg, plan.names
     n_states = len(names.init)
     inits = tensors[:n_states]
@@ -42,13 +43,21 @@ def run_forward(plan: Plan, x_seq, tensors):
     values.update(zip(names.seq, seqs))
     values.update(zip(names.final, finals))
     values.update(zip(names.saved_out, saved))
-    plan.launch("forward", cfg, values, N, T, x_seq.device)
+    H = 0
+    if rec is not None:
+        H, values[abi.name("rec_weight_t")], values[abi.name("rec_out0")] = rec
+        values[abi.name("H")] = H
+        if cfg.save and plan.backward_info().needs_x:
+            saved.append(buffers.empty_like(x_seq))
+            values[abi.name("rec_input")] = saved[-1]
+    plan.launch("forward", cfg, values, N, T, x_seq.device, H=H)
     return [spike_seq, *seqs, *finals], saved
 
 
-def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals):
+def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals, rec=None):
     """Run the backward kernel; ``None`` gradients count as zeros (``g_seqs``: one per
-    recorded state).
+    recorded state). ``rec``: a recurrent plan's ``(H, weight)``; its ``x_seq`` is the
+    total input the forward stored.
 
     Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or
     None])``."""
@@ -78,7 +87,11 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals):
     values[names.grad_x] = grad_x
     values.update(zip(names.grad_init, grad_init))
     values.update((names.grad_param[k], g) for k, g in grad_p.items())
-    plan.launch("backward", cfg, values, N, T, io["device"])
+    H = 0
+    if rec is not None:
+        H, values[abi.name("rec_weight")] = rec
+        values[abi.name("H")] = H
+    plan.launch("backward", cfg, values, N, T, io["device"], H=H)
     param_grads = []
     for k in plan.tensor_params:
         if k not in grad_p:

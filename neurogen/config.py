@@ -31,13 +31,17 @@ class KernelConfig:
     # states whose final gradient the backward is given as None (zero): with the states
     # whose gradient then stays zero at every step, their gradient chains are left out
     zero_grads: Tuple[str, ...] = ()
+    # a recurrent layer's kernels (RecurrentLayer): the input of each step adds the
+    # recurrent product of the previous step's outputs (ng_rec, computed by the template)
+    recurrent: bool = False
 
     def key(self) -> str:
         return (f"surrogate={self.surrogate.structure()};detach={self.detach_reset};"
                 f"record={','.join(self.record)};save={self.save};"
                 f"learn={','.join(self.learnable)};params={self.param_kinds};"
                 f"grecord={','.join(self.grad_record)}"
-                + (f";zero={','.join(self.zero_grads)}" if self.zero_grads else ""))
+                + (f";zero={','.join(self.zero_grads)}" if self.zero_grads else "")
+                + (";recurrent" if self.recurrent else ""))
 
     @property
     def store_v_seq(self) -> bool:

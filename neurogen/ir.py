@@ -75,6 +75,9 @@ class KernelIR:
     after: List[Statement] = field(default_factory=list)
     carried: List[str] = field(default_factory=list)    # variables living across steps
     constants: List[str] = field(default_factory=list)  # per-neuron constants read in the loop
+    # a recurrent layer's kernel: the template computes ``ng_rec`` (the recurrent term) before
+    # each step from the other neurons of the sequence (RecurrentLayer)
+    recurrent: bool = False
 
     def sections(self):
         return [("uniform", self.uniform), ("per_neuron", self.per_neuron),

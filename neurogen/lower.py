@@ -114,9 +114,21 @@ def _stage_lets(b: _Builder, step, assignments) -> list:
     return out
 
 
+REC = sp.Symbol("ng_rec")  # a recurrent kernel's recurrent term of the step (its template's)
+
+
+def _input(model, cfg, array):
+    """The step's input: ``array[t]``, in a recurrent kernel plus the recurrent term."""
+    if not cfg.recurrent:
+        return [Load(model.input_name, array, STEP)]
+    return [Load("ng_xin", array, STEP), Let(model.input_name, sp.Symbol("ng_xin") + REC)]
+
+
 def _forward(model, step, bw, cfg, b):
     name = abi.name
-    body = [Load(model.input_name, name("x"), STEP)]
+    body = _input(model, cfg, name("x"))
+    if cfg.recurrent and cfg.save and bw.needs_x:  # the backward reads the total input
+        body.append(Store(name("rec_input"), STEP, sp.Symbol(model.input_name)))
     body += _stage_lets(b, step, list(step.assignments))
     if cfg.save:
         # stored before the state updates below, which overwrite a state's previous value
@@ -175,7 +187,7 @@ def _backward(model, step, bw, cfg, b):
                 if any(e.has(PSPIKE) for e in rebuilt.values()):
                     out.append(Let(str(PSPIKE), select(PU, step.strict)))
             out += b.lets([(P(s), e) for s, e in rebuilt.items()])
-        if bw.needs_x:
+        if bw.needs_x:  # (a recurrent call binds x_seq to the total input its forward stored)
             out.append(Load(model.input_name, name("x"), STEP))
         out += _stage_lets(b, step, [step.defs[y] for y in bw.recompute])
         if bw.surrogate is not None:  # one statement (a target may compute it apart)
@@ -183,7 +195,11 @@ def _backward(model, step, bw, cfg, b):
         for s in cfg.grad_record:
             out.append(Load(f"ng_gseq_{s}", name("grad_seq", s), STEP))
             out.append(Set(str(G(s)), sp.Symbol(f"ng_gseq_{s}"), accumulate=True))
-        out.append(Load(str(GSPIKE), name("grad_spike"), STEP))
+        if cfg.recurrent:  # the output's gradient adds what the next step's input gives it
+            out += [Load("ng_gsin", name("grad_spike"), STEP),
+                    Let(str(GSPIKE), sp.Symbol("ng_gsin") + REC)]
+        else:
+            out.append(Load(str(GSPIKE), name("grad_spike"), STEP))
         out += b.lets([(sp.Symbol(n), collect_linear(e.xreplace(zsubs), b.invariant))
                        for n, e in bw.outputs.items()
                        if n not in {G_PREV(q).name for q in zero}])
@@ -219,7 +235,7 @@ def lower(model: NeuronModel, kind: str, dtype: str, cfg: KernelConfig) -> Kerne
     return KernelIR(name=f"ng_{model.name}_{kind}_{dtype}_{config_hash}", kind=kind,
                     model=model.name, spec_hash=model.spec_hash, config_hash=config_hash,
                     dtype=dtype, compute=compute, args=args, uniform=uniform,
-                    per_neuron=per_neuron, constants=names, **parts)
+                    per_neuron=per_neuron, constants=names, recurrent=cfg.recurrent, **parts)
 
 
 __all__ = ["lower", "select", "DTYPES"]

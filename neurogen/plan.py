@@ -81,9 +81,11 @@ class Plan:
             names = self._memo["names"] = Names(self)
         return names
 
-    def launch(self, kind, cfg, values: Dict[str, object], n: int, T: int, device):
+    def launch(self, kind, cfg, values: Dict[str, object], n: int, T: int, device,
+               H: int = 0):
         """Run one kernel. ``cfg`` is ``self.cfg``, for the backward with ``grad_record``
-        set per call; the kernel and its argument packer are made once per plan."""
+        set per call; the kernel and its argument packer are made once per plan. ``H``: a
+        recurrent kernel's sequence length in neurons (``n // H`` sequences)."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
         key = (kind, cfg.grad_record, cfg.zero_grads, device)
@@ -94,7 +96,10 @@ class Plan:
             packer = self.target.packer(kernel.ir.args, dict(self.scalars), self.compute)
             entry = self._kernels[key] = (kernel, packer, generation)
         kernel, packer, _ = entry
-        self.target.launch(kernel, packer(values), n, T, device)
+        if H:
+            self.target.launch_recurrent(kernel, packer(values), n, T, H, device)
+        else:
+            self.target.launch(kernel, packer(values), n, T, device)
 
 
 class Names:
@@ -205,18 +210,19 @@ def classify(params, shape, compute):
     return scalars, tensor_params, kinds, tensors, learnable
 
 
-def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars):
+def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars,
+             recurrent=False):
     """The plan of a call of ``module`` (from the cache while nothing it depends on
-    changes)."""
+    changes); ``recurrent``: a recurrent layer's kernels."""
     key = (module.model, module.surrogate_function.key(), module.detach_reset,
            module.record, target.name, dtype, tuple(dict(kinds).items()),
-           tuple(learnable), needs_grad, tuple(tensor_params), tuple(scalars))
+           tuple(learnable), needs_grad, tuple(tensor_params), tuple(scalars), recurrent)
 
     def build():
         cfg = make_config(module.model, surrogate=module.surrogate_function,
                           detach_reset=module.detach_reset, record=module.record,
                           save=needs_grad, learnable=tuple(learnable) if needs_grad else (),
-                          param_kinds=tuple(dict(kinds).items()))
+                          param_kinds=tuple(dict(kinds).items()), recurrent=recurrent)
         values = list(scalars) + list(module.surrogate_function.kernel_values().items())
         return Plan(model=module.model, target=target, dtype=dtype, cfg=cfg,
                     scalars=tuple(values), tensor_params=tuple(tensor_params))

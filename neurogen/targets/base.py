@@ -90,6 +90,12 @@ class KernelTarget(Target):
         argument list as ``[(kind, value)]`` (:class:`ArgPacker`)."""
         raise NotImplementedError
 
+    def launch_recurrent(self, kernel: Kernel, packed, n: int, T: int, H: int, device) -> None:
+        """Run a recurrent layer's kernel (``kernel.ir.recurrent``) over ``n // H``
+        sequences of ``H`` neurons that exchange values every step."""
+        raise NotImplementedError(f"the {self.name!r} target has no recurrent kernels; run "
+                                  "the layer with backend='cpu', 'cuda' or 'torch'")
+
     def kernel_key(self, device):
         """What besides the source distinguishes compiled kernels: the device, the
         compiler... (None: nothing)."""

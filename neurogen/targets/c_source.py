@@ -62,9 +62,10 @@ def signature(args: List[Arg]) -> List[str]:
 class CLines:
     """Prints IR statements as C lines for one kernel."""
 
-    def __init__(self, ir):
+    def __init__(self, ir, guard: str = None):
         self.printer = KernelPrinter(ir.compute)
         self.io: Dict[str, bool] = {a.name: a.dtype == "io" for a in ir.args}
+        self.guard = guard  # a condition every store is made under (idle CUDA threads)
 
     def expr(self, e) -> str:
         return self.printer.doprint(e)
@@ -87,7 +88,8 @@ class CLines:
             value = self.expr(st.expr)
             if self.io[st.array]:
                 value = f"ng_io({value})"
-            return f"{st.array}[{INDEX[st.at]}] = {value};"
+            line = f"{st.array}[{INDEX[st.at]}] = {value};"
+            return line if self.guard is None else f"if ({self.guard}) {line}"
         raise TypeError(f"not an IR statement: {st!r}")
 
 

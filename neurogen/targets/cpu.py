@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import sympy as sp
 
-from .. import dtypes
+from .. import abi, dtypes
 from ..derive import SG
 from ..ir import Let, Load, Set, reads, writes
 from ..spec.functions import sigmoid, sigmoid_grad
@@ -149,18 +149,21 @@ class CpuTarget(KernelTarget):
                               arrays=[a for a in arrays if a in sg["arrays"]])
 
         step, sg_step = loop(ir.step)
+        scratch = ["ng_rec"] if ir.recurrent else []
         first, sg_first = loop(ir.first) if ir.first is not None else (None, None)
         ctx.update(signature=signature(list(ir.args) + list(LAUNCH_ARGS)),
                    uniform=lines(ir.uniform), per_neuron=lines(ir.per_neuron),
                    before=lines(ir.before), step=step, first=first, after=lines(ir.after),
                    arrays=arrays, carried=ir.carried, constants=ir.constants,
-                   sg_step=sg_step, sg_first=sg_first,
-                   block=max_block(len(arrays), ir.compute), template="cpp_kernel.cpp.j2")
+                   sg_step=sg_step, sg_first=sg_first, scratch=scratch,
+                   rec=recurrent_context(ir) if ir.recurrent else None,
+                   block=max_block(len(arrays) + len(scratch), ir.compute),
+                   template="cpp_kernel.cpp.j2")
         return env.get_template("cpp_kernel.cpp.j2").render(**ctx)
 
     def compile(self, ir, source, device) -> Kernel:
         fn, openmp = host_compiler.compile_kernel(source, ir.name, fma=ir.compute == "float")
-        arrays = len(ir.constants) + len(ir.carried)
+        arrays = len(ir.constants) + len(ir.carried) + (1 if ir.recurrent else 0)
         size = 8 if ir.compute == "double" else 4
         return Kernel(fn, ir, source, launch=dict(
             max_block=max_block(arrays, ir.compute), array_bytes=arrays * size, openmp=openmp))
@@ -168,6 +171,24 @@ class CpuTarget(KernelTarget):
     def launch(self, kernel, packed, n, T, device):
         launch_cpu(kernel, packed, n, T)
 
+    def launch_recurrent(self, kernel, packed, n, T, H, device):
+        launch_cpu(kernel, packed, n, T, unit=H)
+
+
+def recurrent_context(ir) -> dict:
+    """What a recurrent kernel's pass before each step reads (its template's ``rec``): the
+    forward sums the transposed weight's rows of the neurons that fired at t - 1 (the
+    previous call's last output at t = 0); the backward the weight's rows weighted by the
+    input gradients of step t + 1 (nothing at t = T - 1)."""
+    n = abi.name
+    if ir.kind == "forward":
+        return dict(what="the recurrent input: W @ (the previous step's outputs), the "
+                         "nonzero ones only", when="true", weight=n("rec_weight_t"),
+                    source=f"ng_t == 0 ? {n('rec_out0')} + ng_i0 : {n('spike')} + "
+                           "(ng_int64)(ng_t - 1) * ng_N + ng_i0")
+    return dict(what="the outputs' gradient through the next step's input: W^T @ grad_x[t + 1]",
+                when="ng_t < ng_T - 1", weight=n("rec_weight"),
+                source=f"{n('grad_x')} + (ng_int64)(ng_t + 1) * ng_N + ng_i0")
 
 def cpu_blocks(n: int, max_block: int, workers: int):
     """``(block size, number of blocks)`` for ``n`` neurons on ``workers`` threads: as
@@ -179,7 +200,7 @@ def cpu_blocks(n: int, max_block: int, workers: int):
     return size, -(-n // size)
 
 
-def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
+def launch_cpu(kernel: Kernel, packed: List, n: int, T: int, unit: int = 0):
     """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
     over neuron blocks (when built with OpenMP, see
     :func:`~neurogen.targets.host_compiler.cpu_threading`) or, otherwise, blocks split
@@ -191,7 +212,16 @@ def launch_cpu(kernel: Kernel, packed: List, n: int, T: int):
     if n * T < 1 << 15:
         workers = 1  # too small to pay for waking threads
     facts = kernel.launch
-    size, blocks = cpu_blocks(n, facts["max_block"], workers)
+    if unit:  # a recurrent kernel: blocks of whole sequences of `unit` neurons
+        workers = max(1, min(torch.get_num_threads(), n // unit))
+        if n * T * unit < 1 << 20:
+            workers = 1
+        seqs, per_block = n // unit, max(1, facts["max_block"] // unit)
+        per_worker_blocks = max(1, -(-seqs // (workers * per_block)))
+        per_block = -(-seqs // (workers * per_worker_blocks))
+        size, blocks = per_block * unit, -(-seqs // per_block)
+    else:
+        size, blocks = cpu_blocks(n, facts["max_block"], workers)
     workers = min(workers, blocks)
     stride = facts["array_bytes"] * size
     base = scratch(workers * stride)

@@ -6,6 +6,7 @@ with no copies. :func:`compile_ptx` needs no GPU.
 import os
 import warnings
 
+from .. import abi
 from ..errors import BackendUnavailableError, CompileError
 from .base import Kernel, KernelTarget
 from .c_source import CLines, env, header_context, signature
@@ -79,13 +80,42 @@ def compile_ptx(source: str, arch: str = "compute_80") -> str:
 
 def render_cuda(ir) -> str:
     """The CUDA text of ``ir`` (also what the emulated target compiles on the host)."""
-    lines = CLines(ir)
+    lines = CLines(ir, guard="ng_on" if ir.recurrent else None)
     ctx = header_context(ir, "cuda", TYPES)
+    template = "cuda_recurrent.cu.j2" if ir.recurrent else "cuda_kernel.cu.j2"
     ctx.update(signature=signature(list(ir.args)), uniform=lines(ir.uniform),
                per_neuron=lines(ir.per_neuron), before=lines(ir.before),
                step=lines(ir.step), first=None if ir.first is None else lines(ir.first),
-               after=lines(ir.after), template="cuda_kernel.cu.j2")
-    return env.get_template("cuda_kernel.cu.j2").render(**ctx)
+               after=lines(ir.after), template=template,
+               rec=recurrent_context(ir) if ir.recurrent else None)
+    return env.get_template(template).render(**ctx)
+
+
+def recurrent_context(ir) -> dict:
+    """What a recurrent kernel's pass before each step reads: each thread's value shared
+    with the block (forward: its output at t - 1, the previous call's at t = 0; backward:
+    its input gradient at t + 1, zero at t = T - 1) and the weight the pass multiplies."""
+    n = abi.name
+    if ir.kind == "forward":
+        return dict(what="the recurrent input: W @ (the previous step's outputs), the nonzero "
+                         "ones only", weight=n("rec_weight_t"),
+                    value=f"ng_t == 0 ? ng_ld({n('rec_out0')}[ng_i]) : "
+                          f"ng_ld({n('spike')}[ng_ti - ng_N])")
+    return dict(what="the outputs' gradient through the next step's input: W^T @ grad_x[t + 1]",
+                weight=n("rec_weight"),
+                value=f"ng_t < ng_T - 1 ? ng_ld({n('grad_x')}[ng_ti + ng_N]) : (compute_t)0")
+
+
+def recurrent_launch(H: int, compute: str, max_threads: int = 1024):
+    """``(threads per block, shared bytes)`` of a recurrent kernel: one thread per neuron
+    of a sequence, rounded up to whole warps."""
+    threads = -(-H // 32) * 32
+    if threads > max_threads:
+        raise ValueError(f"the CUDA recurrent kernels run one thread per neuron of a sequence "
+                         f"and this device allows {max_threads} threads per block: hidden size "
+                         f"{H} is too large; use at most {max_threads} neurons per layer or "
+                         "backend='cpu'")
+    return threads, H * (8 if compute == "double" else 4)
 
 
 def _index(device):
@@ -154,5 +184,21 @@ class CudaTarget(KernelTarget):
                 stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
             kernel.fn((grid,), (block,), tuple(conv[k](v) for k, v in packed), stream=stream)
 
+    def launch_recurrent(self, kernel, packed, n, T, H, device):
+        """One block per sequence (``n // H`` of them), one thread per neuron."""
+        import numpy as np
+        import torch
+        cp = cupy()
+        conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
+                "i64": np.int64}
+        with cp.cuda.Device(_index(device)) as dev:
+            threads, shared = recurrent_launch(H, kernel.ir.compute,
+                                               dev.attributes["MaxThreadsPerBlock"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+            kernel.fn((n // H,), (threads,), tuple(conv[k](v) for k, v in packed),
+                      stream=stream, shared_mem=shared)
+
 __all__ = ["CudaTarget", "TYPES", "BLOCK", "launch_config", "cupy", "include_dirs",
-           "nvrtc_options", "compile_ptx", "render_cuda"]
+           "nvrtc_options", "compile_ptx", "render_cuda", "recurrent_launch"]

@@ -14,7 +14,7 @@ from ..errors import BackendUnavailableError
 from . import host_compiler
 from .base import Kernel, KernelTarget
 from .c_source import LaunchArg, env, signature
-from .cuda import TYPES, include_dirs, launch_config, render_cuda
+from .cuda import TYPES, include_dirs, launch_config, recurrent_launch, render_cuda
 
 HALF = ("float16", "bfloat16")
 # the launcher's own arguments, before the kernel's: the grid (packed by launch())
@@ -29,14 +29,16 @@ def shim() -> str:
 
 
 def launcher(ir) -> str:
-    """A host function running ``ir``'s kernel over the grid, thread by thread."""
-    return env.get_template("cuda_emulation_launch.j2").render(
+    """A host function running ``ir``'s kernel over the grid, thread by thread (a kernel
+    with barriers: each block's threads as host threads)."""
+    template = "cuda_emulation_threads.j2" if ir.recurrent else "cuda_emulation_launch.j2"
+    return env.get_template(template).render(
         name=ir.name, signature=signature(list(GRID_ARGS) + list(ir.args)),
         arg_names=[a.name for a in ir.args])
 
 
-def flags(dtype):
-    base = host_compiler.CPU_FLAGS
+def flags(dtype, threads=False):
+    base = host_compiler.CPU_FLAGS + (("-DNG_EMULATE_THREADS", "-pthread") if threads else ())
     if dtype not in HALF:
         return base
     dirs = include_dirs(host=True)
@@ -70,12 +72,21 @@ class EmulatedTarget(KernelTarget):
 
     def compile(self, ir, source, device) -> Kernel:
         program = shim() + source + launcher(ir)
-        fn = host_compiler.compile_cpp(program, f"ng_emulate_{ir.name}", flags(ir.dtype))
+        fn = host_compiler.compile_cpp(program, f"ng_emulate_{ir.name}",
+                                       flags(ir.dtype, threads=ir.recurrent))
         return Kernel(fn, ir, source)
 
     def launch(self, kernel, packed, n, T, device):
         grid, block = launch_config(n)
         host_compiler.call(kernel.fn, list(zip([a.kind for a in GRID_ARGS], (grid, block)))
+                           + packed)
+
+    def launch_recurrent(self, kernel, packed, n, T, H, device):
+        threads, shared = recurrent_launch(H, kernel.ir.compute)
+        if shared > 8 * 16384:  # (NG_EMU_SHARED_DOUBLES in the shim)
+            raise ValueError(f"the emulated recurrent kernels hold at most 16384 neurons' "
+                             f"values in shared memory, not {H}")
+        host_compiler.call(kernel.fn, list(zip([a.kind for a in GRID_ARGS], (n // H, threads)))
                            + packed)
 
 

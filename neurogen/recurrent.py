@@ -1,0 +1,235 @@
+"""`RecurrentLayer`: a neuron layer whose input at step t adds ``W @ out[t-1]``, the whole
+sequence in one forward and one backward kernel.
+
+The model's input at step ``t`` is ``x[t] + W_eff @ out[t-1] (+ bias)`` with ``W_eff = W *
+mask``; ``out`` is the model's output (its spikes, or its ``output=`` expression), and
+``out[-1]`` is a carried state (zeros after :meth:`RecurrentLayer.reset`), so a sequence
+run in chunks gives the same numbers as one call.
+
+The kernels (``KernelConfig.recurrent``) are the neuron's own forward and backward with a
+pass before each step that computes the recurrent term from the other neurons of the
+same sequence: the forward adds the rows of ``W^T`` of the neurons whose output at t - 1
+was not zero (event-driven), the backward adds ``W^T @ grad_x[t + 1]`` to the gradient of
+the output at t. ``grad_W`` is one matrix product over all steps afterwards,
+``sum_t grad_x[t]^T out[t-1]``; the gradient of the previous call's last output is
+``grad_x[0] @ W``. On the CPU, threads take whole sequences; on the GPU one block runs one
+sequence, one thread per neuron, with a barrier per step (docs/architecture.md).
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import buffers, dtypes, reference, targets
+from .autograd import compiling, run_backward, run_forward
+from .module import NeuronModule, _check_input
+from .plan import as_shape, classify, plan_for
+from .spec.model import NeuronModel
+
+
+class RecurrentLayer(nn.Module):
+    """``neuron`` (a neuron module such as ``ng.neuron.LIFNode()``, or a
+    :class:`~neurogen.NeuronModel`, run with default options) over ``[T, *batch, H]``
+    input with a learnable recurrent weight ``W`` ``[H, H]``: the model's input at step t
+    is ``x[t] + (W * mask) @ out[t-1] + bias``.
+
+    ``mask``: an optional fixed ``[H, H]`` connectivity (0/1 or weights), e.g.
+    ``1 - torch.eye(H)`` for no self-connections; the gradient of ``W`` is zero where it
+    is zero. ``bias=True`` adds a learnable bias ``[H]``. The neuron's states stay on
+    ``layer.neuron`` (``layer.neuron.v``), its options (backend, surrogate, records)
+    apply; the last output is ``layer.out`` (carried, zeros after :meth:`reset`).
+
+    >>> import neurogen as ng, torch
+    >>> layer = ng.RecurrentLayer(ng.neuron.LIFNode(backend="torch"), 3)
+    >>> layer(torch.ones(4, 2, 3)).shape
+    torch.Size([4, 2, 3])
+    """
+
+    def __init__(self, neuron, hidden_size: int, mask: Optional[torch.Tensor] = None,
+                 bias: bool = False, weight: Optional[torch.Tensor] = None):
+        super().__init__()
+        if isinstance(neuron, NeuronModel):
+            neuron = NeuronModule(neuron, step_mode="m")
+        if not isinstance(neuron, NeuronModule):
+            raise TypeError("neuron must be a neurogen neuron module (e.g. ng.neuron.LIFNode()) "
+                            f"or a NeuronModel, got {type(neuron).__name__}")
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+        H = hidden_size
+        self.neuron = neuron
+        self.hidden_size = H
+        if weight is None:
+            bound = 1.0 / math.sqrt(H)  # nn.Linear's default range
+            weight = torch.empty(H, H).uniform_(-bound, bound)
+        weight = _square(weight, H, "weight")
+        self.weight = nn.Parameter(weight.detach().clone())
+        if mask is not None:
+            mask = _square(mask, H, "mask")
+            self.register_buffer("mask", mask.detach().to(weight.dtype).clone())
+        else:
+            self.mask = None
+        self.bias = nn.Parameter(torch.zeros(H, dtype=weight.dtype)) if bias else None
+        self.reset()
+
+    def reset(self):
+        """Zero the carried output and reset the neuron's states."""
+        self.__dict__["out"] = None
+        self.neuron.reset()
+
+    def detach(self):
+        """Cut the carried output and the neuron's states from the graph (truncated BPTT)."""
+        if isinstance(self.out, torch.Tensor):
+            self.__dict__["out"] = self.out.detach()
+        self.neuron.detach()
+
+    def _apply(self, fn, *args, **kwargs):
+        if isinstance(self.__dict__.get("out"), torch.Tensor):
+            self.__dict__["out"] = fn(self.out)
+        return super()._apply(fn, *args, **kwargs)
+
+    def effective_weight(self):
+        """``W * mask`` (``W`` without a mask)."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
+    def forward(self, x_seq: torch.Tensor):
+        _check_input(x_seq, min_dim=2)
+        H = self.hidden_size
+        if x_seq.dim() < 2 or x_seq.shape[-1] != H:
+            raise ValueError(f"RecurrentLayer input must be [T, *batch, {H}] (hidden size "
+                             f"{H} last), got shape {tuple(x_seq.shape)}")
+        if x_seq.shape[0] == 0:
+            raise ValueError("x_seq has T = 0 time steps; give at least one step")
+        W = self.effective_weight()
+        if W.device != x_seq.device:
+            raise ValueError(f"the recurrent weight is on {W.device} but the input is on "
+                             f"{x_seq.device}; move the layer with .to(device)")
+        half = x_seq.dtype in (torch.float16, torch.bfloat16)
+        if W.dtype != x_seq.dtype and not (half and W.dtype == torch.float32):
+            raise TypeError(f"the recurrent weight is {W.dtype} but the input is "
+                            f"{x_seq.dtype}; convert the layer (layer.to({x_seq.dtype})) or "
+                            "the input")
+        if self.bias is not None:
+            x_seq = x_seq + self.bias.to(x_seq.dtype)
+        node = self.neuron
+        params = node.param_values()
+        node._check_param_devices(x_seq, params)
+        if node.model.refractory is not None:
+            node._check_counter(x_seq.dtype)
+        states = node._states_for(x_seq, params)
+        out0 = self.out
+        shape = x_seq.shape[1:]
+        if out0 is None:
+            out0 = buffers.constant(shape, 0.0, x_seq.dtype, x_seq.device) if not compiling() \
+                else torch.zeros(shape, dtype=x_seq.dtype, device=x_seq.device)
+        elif out0.shape != shape:
+            raise ValueError(f"the carried output has shape {tuple(out0.shape)} but the input's "
+                             f"step has shape {tuple(shape)}; call reset() before changing "
+                             "the batch")
+        target = targets.resolve(node.backend, x_seq)
+        if target.name == "torch":
+            out_seq, seqs, finals = _torch_loop(node, x_seq, W, out0, states, params)
+        else:
+            out_seq, seqs, finals = _kernels(node, target, x_seq, W, out0, states, params)
+        for s in node.model.state_names:
+            node._memories[s] = finals[s]
+        for s in node.record:
+            node._memories[f"{s}_seq"] = seqs[s]
+            if s == node.model.v_name:
+                node._memories["v_seq"] = seqs[s]
+        self.__dict__["out"] = out_seq[-1]
+        return out_seq
+
+    def extra_repr(self):
+        return (f"hidden_size={self.hidden_size}, mask={self.mask is not None}, "
+                f"bias={self.bias is not None}")
+
+
+def _square(t, H, what):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor of shape [{H}, {H}], got {type(t).__name__}")
+    if tuple(t.shape) != (H, H):
+        raise ValueError(f"{what} must have shape [{H}, {H}] (hidden size {H}), got "
+                         f"{tuple(t.shape)}")
+    if not t.is_floating_point() and t.dtype != torch.bool:
+        raise TypeError(f"{what} must be a floating (or, for a mask, bool) tensor, got {t.dtype}")
+    return t if t.is_floating_point() else t.float()
+
+
+def _torch_loop(node, x_seq, W, out0, states, params):
+    """The reference: the model's torch step in a loop, the recurrent product by
+    ``torch.nn.functional.linear``; autograd differentiates it."""
+    params = {k: (v.to(x_seq.dtype) if isinstance(v, torch.Tensor) else v)
+              for k, v in params.items()}
+    W = W.to(x_seq.dtype)
+    prev, cur, outs = out0, dict(states), []
+    seqs = {s: [] for s in node.record}
+    for t in range(x_seq.shape[0]):
+        inp = x_seq[t] + torch.nn.functional.linear(prev, W)
+        o, rec, cur = reference.multi_step(node.model, inp.unsqueeze(0), cur, params,
+                                           node.surrogate_function, node.detach_reset,
+                                           node.record)
+        prev = o[0]
+        outs.append(prev)
+        for s in node.record:
+            seqs[s].append(rec[s][0])
+    return torch.stack(outs), {s: torch.stack(v) for s, v in seqs.items()}, cur
+
+
+def _kernels(node, target, x_seq, W, out0, states, params):
+    model, H = node.model, x_seq.shape[-1]
+    T, shape = x_seq.shape[0], x_seq.shape[1:]
+    N = math.prod(shape)
+    dtype = dtypes.NAMES[x_seq.dtype]
+    compute = dtypes.compute_dtype(dtype)
+    scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
+    needs_grad = torch.is_grad_enabled() and (
+        x_seq.requires_grad or bool(learnable) or W.requires_grad or out0.requires_grad
+        or any(s.requires_grad for s in states.values()))
+    inits = [as_shape(states[s], (N,)).contiguous() for s in model.state_names]
+    x2d = as_shape(x_seq, (T, N)).contiguous()
+    plan = plan_for(node, target, dtype, kinds, learnable if needs_grad else [], needs_grad,
+                    tensor_params, scalars, recurrent=True)
+    out = Recurrent.apply(plan, H, x2d, W.to(compute), as_shape(out0, (N,)).contiguous(),
+                          *inits, *tensors)
+    n_rec = len(node.record)
+    seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(node.record, out[1:1 + n_rec])}
+    finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]
+    finals = {s: as_shape(f, shape) for s, f in zip(model.state_names, finals)}
+    return as_shape(out[0], x_seq.shape), seqs, finals
+
+
+class Recurrent(torch.autograd.Function):
+    """``forward(plan, H, x_seq [T, N], W [H, H] (compute dtype), out0 [N], *inits [N],
+    *param tensors)``."""
+
+    @staticmethod
+    def forward(ctx, plan, H, x_seq, W, out0, *tensors):
+        ctx.set_materialize_grads(False)
+        outputs, saved = run_forward(plan, x_seq, tensors, rec=(H, W.t().contiguous(), out0))
+        if plan.cfg.save:
+            xrec = saved.pop() if plan.backward_info().needs_x else x_seq
+            ctx.save_for_backward(xrec, W, out0, outputs[0], *tensors, *saved)
+            ctx.plan, ctx.H, ctx.n_tensors = plan, H, len(tensors)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, g_out, *g_rest):
+        xrec, W, out0, out_seq, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        plan, H = ctx.plan, ctx.H
+        n_rec = len(plan.cfg.record)
+        grad_x, grad_inits, param_grads = run_backward(
+            plan, xrec, tensors, saved, g_out, g_rest[:n_rec], g_rest[n_rec:], rec=(H, W))
+        T, N = grad_x.shape
+        grad_W = grad_out0 = None
+        g = grad_x.to(W.dtype).reshape(T * (N // H), H)
+        if ctx.needs_input_grad[3]:  # sum over steps and sequences of grad_x[t] out[t-1]^T
+            prev = torch.cat([out0.unsqueeze(0), out_seq[:-1]]).to(W.dtype)
+            grad_W = g.t() @ prev.reshape(T * (N // H), H)
+        if ctx.needs_input_grad[4]:
+            grad_out0 = (g[:N // H] @ W).reshape(N).to(out0.dtype)
+        return (None, None, grad_x, grad_W, grad_out0, *grad_inits, *param_grads)
+
+
+__all__ = ["RecurrentLayer", "Recurrent"]
