@@ -1,0 +1,256 @@
+"""RecurrentLayer: the fused recurrent kernels against a plain torch loop written here
+(``torch.nn.functional.linear`` for the recurrent product, the neuron's torch backend one
+step per call), in float64: spikes identical, states 1e-10, gradients of the input, the
+weight, the bias, learnable parameters, initial states and the carried output 1e-8."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import neurogen as ng
+from neurogen.config import make_config
+from neurogen.lower import lower
+from neurogen.targets.cuda import compile_ptx, recurrent_launch, render_cuda
+
+from conftest import needs_cxx
+
+pytestmark = needs_cxx
+BACKENDS = ["cpu", "cuda-emulated"]
+DT = torch.float64
+
+ALIF = ng.NeuronModel(
+    "alif_rec", states={"v": 0.0, "th": "th0"},
+    params={"tau": 2.0, "tau_th": 8.0, "th0": 1.0, "beta": 0.3},
+    charge={"v": "v + (x - v) / tau"}, adaptation={"th": "th + (th0 - th) / tau_th"},
+    fire="v - th", reset={"v": "(1 - spike_d) * v", "th": "th + beta * spike"})
+
+# (a neuron module maker, input scale): each library neuron, a declared adaptive one
+NEURONS = {
+    "IFNode": (lambda **kw: ng.neuron.IFNode(**kw), 1.0),
+    "LIFNode": (lambda **kw: ng.neuron.LIFNode(**kw), 2.5),
+    "LIFNode-soft": (lambda **kw: ng.neuron.LIFNode(v_reset=None, **kw), 2.5),
+    "ParametricLIFNode": (lambda **kw: ng.neuron.ParametricLIFNode(**kw), 2.5),
+    "QIFNode": (lambda **kw: ng.neuron.QIFNode(**kw), 2.0),
+    "EIFNode": (lambda **kw: ng.neuron.EIFNode(**kw), 2.0),
+    "CUBALIFNode": (lambda **kw: ng.neuron.CUBALIFNode(**kw), 0.3),
+    "IzhikevichNode": (lambda **kw: ng.neuron.IzhikevichNode(**kw), 2.0),
+    "AdExNode": (lambda **kw: ng.neuron.AdExNode(**kw), 2.0),
+    "alif": (lambda **kw: ALIF.module(tau=nn.Parameter(torch.full((5,), 2.0, dtype=DT)
+                                                         + torch.arange(5, dtype=DT) / 4),
+                                      **kw), 3.0),
+}
+
+
+def hand_loop(node, x, W, bias, out0):
+    """The plain torch loop: the model's input is x[t] + out[t-1] @ W^T + bias."""
+    prev, outs = out0, []
+    for t in range(x.shape[0]):
+        prev = node(x[t] + F.linear(prev, W, bias))
+        outs.append(prev)
+    return torch.stack(outs)
+
+
+def make_case(name, T=7, B=3, H=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make, scale = NEURONS[name]
+    x = torch.rand(T, B, H, generator=g, dtype=DT) * scale
+    W = (torch.rand(H, H, generator=g, dtype=DT) - 0.4) * 2 * scale / H ** 0.5
+    return make, x, W, g
+
+
+def run_layer(make, backend, x, W, mask=None, bias=None, init=None, out0=None, chunks=1,
+              record=()):
+    """The layer's outputs and gradients of a loss on outputs and final states."""
+    node = make(backend=backend, step_mode="m", record=record)
+    node.to(DT)
+    layer = ng.RecurrentLayer(node, x.shape[-1], mask=mask, bias=bias is not None,
+                              weight=W).to(DT)
+    if bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias)
+    x = x.clone().requires_grad_()
+    leaves = {}
+    for s, v in (init or {}).items():
+        leaves[s] = v.clone().requires_grad_()
+        setattr(node, s, leaves[s])
+    if out0 is not None:
+        leaves["out0"] = out0.clone().requires_grad_()
+        layer.__dict__["out"] = leaves["out0"]
+    outs = [layer(c) for c in x.chunk(chunks)]
+    out = torch.cat(outs)
+    return _loss_and_grads(out, node, x, layer.weight, layer.bias, leaves, record)
+
+
+def run_reference(make, x, W, mask=None, bias=None, init=None, out0=None, record=()):
+    node = make(backend="torch", step_mode="s", record=record)
+    node.to(DT)
+    x = x.clone().requires_grad_()
+    Wp = W.clone().requires_grad_()
+    bp = bias.clone().requires_grad_() if bias is not None else None
+    leaves = {}
+    for s, v in (init or {}).items():
+        leaves[s] = v.clone().requires_grad_()
+        setattr(node, s, leaves[s])
+    prev = torch.zeros(x.shape[1:], dtype=DT)
+    if out0 is not None:
+        prev = leaves["out0"] = out0.clone().requires_grad_()
+    out = hand_loop(node, x, Wp if mask is None else Wp * mask, bp, prev)
+    return _loss_and_grads(out, node, x, Wp, bp, leaves, record)
+
+
+def _loss_and_grads(out, node, x, W, bias, leaves, record):
+    g = torch.Generator().manual_seed(99)
+    finals = {s: getattr(node, s) for s in node.model.state_names}
+    loss = (out * torch.randn(out.shape, generator=g, dtype=DT)).sum()
+    for s, f in finals.items():
+        loss = loss + (f * torch.randn(f.shape, generator=g, dtype=DT)).sum()
+    for s in record:
+        seq = getattr(node, f"{s}_seq")
+        loss = loss + (seq * torch.randn(seq.shape, generator=g, dtype=DT)).sum()
+    params = [(k, v) for k, v in node.named_parameters()]
+    wrt = [x, W] + ([bias] if bias is not None else []) + list(leaves.values()) + \
+        [v for _, v in params]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    names = ["x", "W"] + (["bias"] if bias is not None else []) + list(leaves) + \
+        [f"param {k}" for k, _ in params]
+    res = {"out": out.detach(), **{f"final {s}": f.detach() for s, f in finals.items()}}
+    res.update({f"grad {n}": (gr if gr is not None else torch.zeros_like(w))
+                for n, gr, w in zip(names, grads, wrt)})
+    for s in record:
+        res[f"{s}_seq"] = getattr(node, f"{s}_seq").detach()
+    return res
+
+
+def assert_same(got, want):
+    assert got.keys() == want.keys()
+    assert torch.equal(got["out"], want["out"]), "outputs differ"
+    for k in want:
+        if k != "out":
+            tol = 1e-10 if not k.startswith("grad") else 1e-8
+            torch.testing.assert_close(got[k], want[k], rtol=tol, atol=tol, msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(NEURONS))
+def test_matches_torch_loop(name, backend):
+    make, x, W, g = make_case(name)
+    init = {s: torch.rand(x.shape[1:], generator=g, dtype=DT) * 0.5
+            for s in make().model.state_names}
+    out0 = (torch.rand(x.shape[1:], generator=g, dtype=DT) > 0.5).to(DT)
+    want = run_reference(make, x, W, init=init, out0=out0)
+    rate = want["out"].mean().item()
+    assert 0.05 < rate < 0.95, f"the test case should spike sometimes (rate {rate:.2f})"
+    assert_same(run_layer(make, backend, x, W, init=init, out0=out0), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+def test_mask_bias_records_and_chunks(backend):
+    make, x, W, g = make_case("alif", T=9, B=2, H=5, seed=3)
+    mask = 1.0 - torch.eye(5, dtype=DT)
+    mask[0, 3] = 0.0
+    bias = torch.rand(5, generator=g, dtype=DT) * 0.3
+    for chunks, record in ((1, ("v", "th")), (3, ()), (9, ())):
+        # (a record holds the last call's steps: recorded with one call only)
+        want = run_reference(make, x, W, mask=mask, bias=bias, record=record)
+        got = run_layer(make, backend, x, W, mask=mask, bias=bias, chunks=chunks,
+                        record=record)
+        assert_same(got, want)
+        assert torch.all(got["grad W"][mask == 0] == 0) and got["grad W"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (1, 4, 3), (5, 1, 33), (4, 2, 40)])
+def test_odd_sizes(backend, T, B, H):
+    make, x, W, g = make_case("LIFNode", T=T, B=B, H=H, seed=T * 100 + H)
+    assert_same(run_layer(make, backend, x, W), run_reference(make, x, W))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_graded_output_flows_through_the_recurrence(backend):
+    graded = ALIF.replace(name="alif_graded", output="spike * v")
+    make = lambda **kw: graded.module(**kw)  # noqa: E731
+    _, x, W, g = make_case("alif", seed=5)
+    got, want = run_layer(make, backend, x, W), run_reference(make, x, W)
+    assert want["out"].abs().sum() > 0
+    torch.testing.assert_close(got.pop("out"), want.pop("out"), rtol=1e-10, atol=1e-10)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-8, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_shapes_and_no_grad(backend):
+    node = ng.neuron.LIFNode(backend=backend)
+    layer = ng.RecurrentLayer(node, 4).double()
+    x = torch.rand(3, 2, 3, 4, dtype=DT) * 3
+    with torch.no_grad():
+        a = layer(x)
+    layer.reset()
+    ref = ng.RecurrentLayer(ng.neuron.LIFNode(backend="torch"), 4, weight=layer.weight).double()
+    assert torch.equal(a, ref(x))
+    assert a.shape == x.shape and ref.out.shape == x.shape[1:]
+
+
+def test_float32_matches_reference_loosely():
+    for backend in BACKENDS:
+        make, x, W, _ = make_case("LIFNode", T=6, B=2, H=8, seed=4)
+        node = make(backend=backend)
+        layer = ng.RecurrentLayer(node, 8, weight=W.float())
+        ref = ng.RecurrentLayer(make(backend="torch"), 8, weight=W.float())
+        xf = x.float()
+        y, yr = layer(xf), ref(xf)
+        assert (y != yr).float().mean() < 0.05
+        torch.testing.assert_close(node.v, ref.neuron.v, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_gets_clear_errors():
+    layer = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cpu"), 4)
+    with pytest.raises(ValueError, match=r"\[T, \*batch, 4\]"):
+        layer(torch.rand(3, 2, 5))
+    with pytest.raises(ValueError, match="multi-step input"):
+        layer(torch.rand(4))
+    with pytest.raises(TypeError, match="floating"):
+        layer(torch.ones(3, 2, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="layer.to"):
+        layer(torch.rand(3, 2, 4, dtype=DT))
+    with pytest.raises(ValueError, match="T = 0"):
+        layer(torch.rand(0, 2, 4))
+    layer(torch.rand(3, 2, 4))
+    with pytest.raises(ValueError, match="reset"):
+        layer(torch.rand(3, 5, 4))
+    with pytest.raises(ValueError, match=r"\[4, 4\]"):
+        ng.RecurrentLayer(ng.neuron.LIFNode(), 4, mask=torch.ones(4, 3))
+    with pytest.raises(ValueError, match="positive"):
+        ng.RecurrentLayer(ng.neuron.LIFNode(), 0)
+    with pytest.raises(TypeError, match="neuron module"):
+        ng.RecurrentLayer(nn.ReLU(), 4)
+    with pytest.raises(ValueError, match="too large"):
+        recurrent_launch(1500, "float")
+
+
+def test_declared_model_and_parameters_train():
+    """A NeuronModel runs with default options; its learnable parameters get gradients."""
+    layer = ng.RecurrentLayer(ALIF, 6, bias=True).double()
+    layer.neuron.backend = "cpu"
+    layer.neuron.set_param("tau", nn.Parameter(torch.full((6,), 2.0, dtype=DT)))
+    x = torch.rand(5, 3, 6, dtype=DT) * 3
+    layer(x).sum().backward()
+    for p in (layer.weight, layer.bias, layer.neuron.tau):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_recurrent_kernels_compile_with_nvrtc(kind, dtype):
+    pytest.importorskip("cupy")
+    for model in (ng.neuron.LIFNode().model, ALIF):
+        cfg = make_config(model, recurrent=True, save=True, learnable=("tau",),
+                          record=model.state_names)
+        if kind == "backward":
+            cfg = make_config(model, recurrent=True, save=True, learnable=("tau",),
+                              record=model.state_names, grad_record=model.state_names)
+        src = render_cuda(lower(model, kind, dtype, cfg))
+        assert "__syncthreads()" in src
+        for arch in ("compute_70", "compute_80", "compute_90"):
+            ptx = compile_ptx(src, arch)
+            if dtype != "float64":
+                assert ".f64" not in ptx, f"{model.name} {kind} {dtype} {arch} uses doubles"
