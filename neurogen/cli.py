@@ -151,7 +151,8 @@ def cmd_check(args):
         model = load_model(ref)
         for dtype in args.dtype or list(DTYPES):
             for kind in KINDS:
-                src = render(model, "cuda", kind, dtype, learnable=(), store_v_seq=True)
+                src = render(model, "cuda", kind, dtype, learnable=(), store_v_seq=True,
+                             recurrent=args.recurrent)
                 for arch in args.arch:
                     t0 = time.perf_counter()
                     try:
@@ -162,7 +163,8 @@ def cmd_check(args):
                         continue
                     ms = (time.perf_counter() - t0) * 1e3
                     info = _ptxas_info(ptxas, ptx, arch) if ptxas else "ptxas not found"
-                    print(f"ok   {model.name:<20} {kind:<8} {dtype:<8} {arch}  nvrtc {ms:6.1f} ms  {info}")
+                    what = f"{kind}{'+rec' if args.recurrent else ''}"
+                    print(f"ok   {model.name:<20} {what:<8} {dtype:<8} {arch}  nvrtc {ms:6.1f} ms  {info}")
     if failures:
         print(f"{failures} kernel(s) failed to compile")
         return 1
@@ -237,6 +239,8 @@ def build_parser():
     q.add_argument("models", nargs="*", help="default: every library neuron")
     q.add_argument("--arch", nargs="+", default=["sm_80", "sm_90"])
     q.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    q.add_argument("--recurrent", action="store_true",
+                   help="the kernels of a RecurrentLayer (a barrier per step)")
     q.set_defaults(func=cmd_check)
     sub.add_parser("bench", help="benchmarks beside peers (neurogen bench --help)")
     q = sub.add_parser("demo", help="declare a neuron, show its kernel, train a small SNN")

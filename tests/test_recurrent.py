@@ -254,3 +254,17 @@ def test_recurrent_kernels_compile_with_nvrtc(kind, dtype):
             ptx = compile_ptx(src, arch)
             if dtype != "float64":
                 assert ".f64" not in ptx, f"{model.name} {kind} {dtype} {arch} uses doubles"
+
+
+@pytest.mark.skipif(__import__("shutil").which("ptxas") is None, reason="ptxas not installed")
+def test_recurrent_kernels_do_not_spill():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "neurogen", "check", "LIFNode", "AdExNode",
+                           "--recurrent", "--arch", "sm_80", "sm_90"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
+    assert len(rows) == 2 * 4 * 2 * 2 and all("+rec" in r for r in rows)
+    for row in rows:
+        assert "spill 0 B" in row and "registers" in row, row
