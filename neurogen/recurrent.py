@@ -225,8 +225,10 @@ class Recurrent(torch.autograd.Function):
         grad_W = grad_out0 = None
         g = grad_x.to(W.dtype).reshape(T * (N // H), H)
         if ctx.needs_input_grad[3]:  # sum over steps and sequences of grad_x[t] out[t-1]^T
-            prev = torch.cat([out0.unsqueeze(0), out_seq[:-1]]).to(W.dtype)
-            grad_W = g.t() @ prev.reshape(T * (N // H), H)
+            B = N // H
+            grad_W = g[:B].t() @ out0.to(W.dtype).reshape(B, H)
+            if T > 1:
+                grad_W = grad_W.addmm_(g[B:].t(), out_seq[:-1].to(W.dtype).reshape(-1, H))
         if ctx.needs_input_grad[4]:
             grad_out0 = (g[:N // H] @ W).reshape(N).to(out0.dtype)
         return (None, None, grad_x, grad_W, grad_out0, *grad_inits, *param_grads)

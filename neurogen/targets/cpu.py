@@ -185,10 +185,11 @@ def recurrent_context(ir) -> dict:
         return dict(what="the recurrent input: W @ (the previous step's outputs), the "
                          "nonzero ones only", when="true", weight=n("rec_weight_t"),
                     source=f"ng_t == 0 ? {n('rec_out0')} + ng_i0 : {n('spike')} + "
-                           "(ng_int64)(ng_t - 1) * ng_N + ng_i0")
+                           "(ng_int64)(ng_t - 1) * ng_N + ng_i0", dense=False)
+    # (gradients are dense: a register-tiled product rather than skipping zeros)
     return dict(what="the outputs' gradient through the next step's input: W^T @ grad_x[t + 1]",
                 when="ng_t < ng_T - 1", weight=n("rec_weight"),
-                source=f"{n('grad_x')} + (ng_int64)(ng_t + 1) * ng_N + ng_i0")
+                source=f"{n('grad_x')} + (ng_int64)(ng_t + 1) * ng_N + ng_i0", dense=True)
 
 def cpu_blocks(n: int, max_block: int, workers: int):
     """``(block size, number of blocks)`` for ``n`` neurons on ``workers`` threads: as
