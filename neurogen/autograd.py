@@ -157,13 +157,13 @@ def constant_result(fn):
 
 @constant_result
 def _compiled_plan(module, target_name, dtype, kinds, learnable, needs_grad, tensor_params,
-                   scalars):
+                   scalars, recurrent=False):
     """(key of the plan, scalar argument values); run once while tracing."""
     from . import targets
     if not AVAILABLE:
         raise RuntimeError("torch.compile of neurogen neurons needs torch >= 2.4 (custom ops)")
     plan = plan_for(module, targets.get(target_name), dtype, dict(kinds), learnable,
-                    needs_grad, tensor_params, scalars)
+                    needs_grad, tensor_params, scalars, recurrent)
     return plan.key, tuple(float(v) for _, v in plan.scalars)
 
 

@@ -16,15 +16,15 @@ the output at t. ``grad_W`` is one matrix product over all steps afterwards,
 sequence, one thread per neuron, with a barrier per step (docs/architecture.md).
 """
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
 
 from . import buffers, dtypes, reference, targets
-from .autograd import compiling, run_backward, run_forward
-from .module import NeuronModule, _check_input
-from .plan import as_shape, classify, plan_for
+from .autograd import AVAILABLE, _compiled_plan, _plan, compiling, run_backward, run_forward
+from .module import NeuronModule, _check_input, _target_when_compiling
+from .plan import PLANS, as_shape, classify, plan_for
 from .spec.model import NeuronModel
 
 
@@ -72,21 +72,39 @@ class RecurrentLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(H, dtype=weight.dtype)) if bias else None
         self.reset()
 
+    @property
+    def out(self):
+        """The last step's output ``[*batch, H]`` (the next call's ``out[-1]``), or None
+        after :meth:`reset`. Settable (a tensor, or None for zeros)."""
+        return self._carry["out"]
+
+    @out.setter
+    def out(self, value):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"layer.out must be a tensor or None, got {type(value).__name__}")
+        self._carry["out"] = value
+
     def reset(self):
         """Zero the carried output and reset the neuron's states."""
-        self.__dict__["out"] = None
+        self.__dict__["_carry"] = {"out": None}
         self.neuron.reset()
 
     def detach(self):
         """Cut the carried output and the neuron's states from the graph (truncated BPTT)."""
         if isinstance(self.out, torch.Tensor):
-            self.__dict__["out"] = self.out.detach()
+            self._carry["out"] = self.out.detach()
         self.neuron.detach()
 
     def _apply(self, fn, *args, **kwargs):
-        if isinstance(self.__dict__.get("out"), torch.Tensor):
-            self.__dict__["out"] = fn(self.out)
+        if isinstance(self._carry.get("out"), torch.Tensor):
+            self._carry["out"] = fn(self._carry["out"])
         return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        out = state["_carry"]["out"]
+        state["_carry"] = {"out": out.detach() if isinstance(out, torch.Tensor) else None}
+        return state
 
     def effective_weight(self):
         """``W * mask`` (``W`` without a mask)."""
@@ -126,7 +144,10 @@ class RecurrentLayer(nn.Module):
             raise ValueError(f"the carried output has shape {tuple(out0.shape)} but the input's "
                              f"step has shape {tuple(shape)}; call reset() before changing "
                              "the batch")
-        target = targets.resolve(node.backend, x_seq)
+        if compiling():
+            target = targets.get(_target_when_compiling(node, x_seq))
+        else:
+            target = targets.resolve(node.backend, x_seq)
         if target.name == "torch":
             out_seq, seqs, finals = _torch_loop(node, x_seq, W, out0, states, params)
         else:
@@ -137,7 +158,7 @@ class RecurrentLayer(nn.Module):
             node._memories[f"{s}_seq"] = seqs[s]
             if s == node.model.v_name:
                 node._memories["v_seq"] = seqs[s]
-        self.__dict__["out"] = out_seq[-1]
+        self._carry["out"] = out_seq[-1]
         return out_seq
 
     def extra_repr(self):
@@ -188,10 +209,17 @@ def _kernels(node, target, x_seq, W, out0, states, params):
         or any(s.requires_grad for s in states.values()))
     inits = [as_shape(states[s], (N,)).contiguous() for s in model.state_names]
     x2d = as_shape(x_seq, (T, N)).contiguous()
-    plan = plan_for(node, target, dtype, kinds, learnable if needs_grad else [], needs_grad,
-                    tensor_params, scalars, recurrent=True)
-    out = Recurrent.apply(plan, H, x2d, W.to(compute), as_shape(out0, (N,)).contiguous(),
-                          *inits, *tensors)
+    learnable = learnable if needs_grad else []
+    W, out0 = W.to(compute), as_shape(out0, (N,)).contiguous()
+    if compiling():
+        key, values = _compiled_plan(node, target.name, dtype, tuple(kinds.items()),
+                                     tuple(learnable), needs_grad, tuple(tensor_params),
+                                     tuple(scalars), True)
+        out = torch.ops.neurogen.recurrent(key, H, x2d, W, out0, inits + tensors, list(values))
+    else:
+        plan = plan_for(node, target, dtype, kinds, learnable, needs_grad, tensor_params,
+                        scalars, recurrent=True)
+        out = Recurrent.apply(plan, H, x2d, W, out0, *inits, *tensors)
     n_rec = len(node.record)
     seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(node.record, out[1:1 + n_rec])}
     finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]
@@ -217,21 +245,98 @@ class Recurrent(torch.autograd.Function):
     def backward(ctx, g_out, *g_rest):
         xrec, W, out0, out_seq, *rest = ctx.saved_tensors
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
-        plan, H = ctx.plan, ctx.H
-        n_rec = len(plan.cfg.record)
-        grad_x, grad_inits, param_grads = run_backward(
-            plan, xrec, tensors, saved, g_out, g_rest[:n_rec], g_rest[n_rec:], rec=(H, W))
-        T, N = grad_x.shape
-        grad_W = grad_out0 = None
-        g = grad_x.to(W.dtype).reshape(T * (N // H), H)
-        if ctx.needs_input_grad[3]:  # sum over steps and sequences of grad_x[t] out[t-1]^T
-            B = N // H
-            grad_W = g[:B].t() @ out0.to(W.dtype).reshape(B, H)
-            if T > 1:
-                grad_W = grad_W.addmm_(g[B:].t(), out_seq[:-1].to(W.dtype).reshape(-1, H))
-        if ctx.needs_input_grad[4]:
-            grad_out0 = (g[:N // H] @ W).reshape(N).to(out0.dtype)
+        n_rec = len(ctx.plan.cfg.record)
+        grad_x, grad_W, grad_out0, grad_inits, param_grads = _backward(
+            ctx.plan, ctx.H, xrec, W, out0, out_seq, tensors, saved, g_out, g_rest[:n_rec],
+            g_rest[n_rec:], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
         return (None, None, grad_x, grad_W, grad_out0, *grad_inits, *param_grads)
+
+
+def _backward(plan, H, xrec, W, out0, out_seq, tensors, saved, g_out, g_seqs, g_finals,
+              want_W=True, want_out0=True):
+    """The backward kernel, then ``grad_W = sum_t grad_x[t]^T out[t-1]`` (one product over
+    the steps after the first, one for the carried output) and ``grad_out0 = grad_x[0] @
+    W``."""
+    grad_x, grad_inits, param_grads = run_backward(plan, xrec, tensors, saved, g_out, g_seqs,
+                                                   g_finals, rec=(H, W))
+    T, N = grad_x.shape
+    B = N // H
+    grad_W = grad_out0 = None
+    g = grad_x.to(W.dtype).reshape(T * B, H)
+    if want_W:
+        grad_W = g[:B].t() @ out0.to(W.dtype).reshape(B, H)
+        if T > 1:
+            grad_W = grad_W.addmm_(g[B:].t(), out_seq[:-1].to(W.dtype).reshape(-1, H))
+    if want_out0:
+        grad_out0 = (g[:B] @ W).reshape(N).to(out0.dtype)
+    return grad_x, grad_W, grad_out0, grad_inits, param_grads
+
+
+# ---- torch.compile: the same functions as custom ops (autograd.py's pattern) ----------------
+if AVAILABLE:
+    @torch.library.custom_op("neurogen::recurrent", mutates_args=())
+    def _recurrent_op(key: str, H: int, x_seq: torch.Tensor, W: torch.Tensor,
+                      out0: torch.Tensor, tensors: List[torch.Tensor],
+                      scalars: List[float]) -> List[torch.Tensor]:
+        outputs, saved = run_forward(_plan(key, scalars), x_seq, tensors,
+                                     rec=(H, W.t().contiguous(), out0))
+        return outputs + saved
+
+    @_recurrent_op.register_fake
+    def _(key, H, x_seq, W, out0, tensors, scalars):
+        plan = PLANS.by_key(key)
+        n_states = len(plan.model.state_names)
+        out = [torch.empty_like(x_seq) for _ in range(1 + len(plan.cfg.record))]
+        out += [torch.empty_like(t) for t in tensors[:n_states]]
+        if plan.cfg.save:
+            bw = plan.backward_info()
+            out += [torch.empty_like(x_seq) for _ in range(len(bw.saved) + bw.needs_x)]
+        return out
+
+    @torch.library.custom_op("neurogen::recurrent_backward", mutates_args=())
+    def _recurrent_backward_op(key: str, scalars: List[float], H: int, xrec: torch.Tensor,
+                               W: torch.Tensor, out0: torch.Tensor, out_seq: torch.Tensor,
+                               tensors: List[torch.Tensor], saved: List[torch.Tensor],
+                               grads: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+        plan = _plan(key, scalars)
+        n_states, n_rec = len(plan.model.state_names), len(plan.cfg.record)
+        grad_x, grad_W, grad_out0, grad_inits, param_grads = _backward(
+            plan, H, xrec, W, out0, out_seq, tensors, saved, grads[0], grads[1:1 + n_rec],
+            grads[1 + n_rec:1 + n_rec + n_states])
+        params = tensors[n_states:]
+        return [grad_x, grad_W, grad_out0, *grad_inits] + [
+            torch.zeros_like(p) if g is None else g for g, p in zip(param_grads, params)]
+
+    @_recurrent_backward_op.register_fake
+    def _(key, scalars, H, xrec, W, out0, out_seq, tensors, saved, grads):
+        return [torch.empty_like(xrec), torch.empty_like(W), torch.empty_like(out0)] + [
+            torch.empty_like(t) for t in tensors]
+
+    def _setup_context(ctx, inputs, output):
+        key, H, x_seq, W, out0, tensors, scalars = inputs
+        plan = PLANS.by_key(key)
+        n_out = 1 + len(plan.cfg.record) + len(plan.model.state_names)
+        saved = list(output[n_out:])
+        xrec = saved.pop() if plan.cfg.save and plan.backward_info().needs_x else x_seq
+        ctx.key, ctx.scalars, ctx.H, ctx.n_tensors = key, scalars, H, len(tensors)
+        ctx.save_for_backward(xrec, W, out0, output[0], *tensors, *saved)
+
+    def _backward_op(ctx, grads):
+        xrec, W, out0, out_seq, *rest = ctx.saved_tensors
+        tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
+        plan = PLANS.by_key(ctx.key)
+        n_states = len(plan.model.state_names)
+        n_grads = 1 + len(plan.cfg.record) + n_states
+        out = _recurrent_backward_op(ctx.key, ctx.scalars, ctx.H, xrec, W, out0, out_seq,
+                                     list(tensors), list(saved), list(grads[:n_grads]))
+        learnable = set(plan.cfg.learnable)
+        param_grads = [g if k in learnable else None
+                       for k, g in zip(plan.tensor_params, out[3 + n_states:])]
+        return (None, None, out[0], out[1], out[2], list(out[3:3 + n_states]) + param_grads,
+                None)
+
+    torch.library.register_autograd("neurogen::recurrent", _backward_op,
+                                    setup_context=_setup_context)
 
 
 __all__ = ["RecurrentLayer", "Recurrent"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import neurogen as ng
+import neurogen.autograd  # noqa: F401  (ng.autograd.AVAILABLE)
 from neurogen.config import make_config
 from neurogen.lower import lower
 from neurogen.targets.cuda import compile_ptx, recurrent_launch, render_cuda
@@ -75,7 +76,7 @@ def run_layer(make, backend, x, W, mask=None, bias=None, init=None, out0=None, c
         setattr(node, s, leaves[s])
     if out0 is not None:
         leaves["out0"] = out0.clone().requires_grad_()
-        layer.__dict__["out"] = leaves["out0"]
+        layer.out = leaves["out0"]
     outs = [layer(c) for c in x.chunk(chunks)]
     out = torch.cat(outs)
     return _loss_and_grads(out, node, x, layer.weight, layer.bias, leaves, record)
@@ -268,3 +269,42 @@ def test_recurrent_kernels_do_not_spill():
     assert len(rows) == 2 * 4 * 2 * 2 and all("+rec" in r for r in rows)
     for row in rows:
         assert "spill 0 B" in row and "registers" in row, row
+
+
+class RecurrentNet(nn.Module):
+    def __init__(self, H=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc_in = nn.Linear(4, H)
+        self.rec = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cpu"), H, bias=True,
+                                     mask=1 - torch.eye(H))
+        self.fc_out = nn.Linear(H, 3)
+
+    def forward(self, x):  # [T, B, 4]
+        return self.fc_out(self.rec(self.fc_in(x) * 3))
+
+
+def _compile_run(net, x, chunks=1):
+    net.rec.reset()
+    y = torch.cat([net(c) for c in x.chunk(chunks)])
+    (y ** 2).sum().backward()
+    grads = {n.replace("_orig_mod.", ""): p.grad.clone() for n, p in net.named_parameters()}
+    return y.detach(), grads
+
+
+@pytest.mark.skipif(not ng.autograd.AVAILABLE,
+                    reason="needs torch >= 2.4")
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_torch_compile_fullgraph_equals_eager(chunks):
+    x = torch.rand(6, 3, 4, dtype=DT)
+    eager = RecurrentNet().double()
+    y0, g0 = _compile_run(eager, x, chunks)
+    net = RecurrentNet().double()
+    explanation = torch._dynamo.explain(net)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    y1, g1 = _compile_run(compiled, x, chunks)
+    assert y0.abs().sum() > 0
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-12, atol=1e-12, msg=name)
