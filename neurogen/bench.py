@@ -329,7 +329,21 @@ def main(argv=None):
                    help="default: float32 on CPU; float32, float16, bfloat16 on GPU")
     p.add_argument("--repeats", type=int, help="timed runs per point (median taken)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the loop")
+    p.add_argument("--recurrent", action="store_true",
+                   help="the recurrent workload instead (RecurrentLayer beside peers; T = 100 "
+                        "unless --T, batch 64, H 256 and 512)")
+    p.add_argument("--recurrent-models", nargs="+", default=None,
+                   choices=["LIF", "ALIF", "Izhikevich"])
+    p.add_argument("--H", nargs="+", type=int, help="hidden sizes of --recurrent")
+    p.add_argument("--batch", type=int, default=64, help="batch of --recurrent")
     args = p.parse_args(argv)
+    if args.recurrent:
+        from . import bench_recurrent
+        bench_recurrent.run(args.device, args.out,
+                            models=args.recurrent_models or bench_recurrent.MODELS,
+                            Hs=args.H or bench_recurrent.HS, T=args.T[0] if args.T else 100,
+                            batch=args.batch, repeats=args.repeats or 5)
+        return 0
     dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else None
     run(args.device, args.quick, args.out, args.models, args.T, args.N, dtypes=dtypes,
         use_compile=args.compile, repeats=args.repeats)

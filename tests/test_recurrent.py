@@ -5,6 +5,8 @@ weight, the bias, learnable parameters, initial states and the carried output 1e
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import neurogen as ng
@@ -14,6 +16,8 @@ from neurogen.lower import lower
 from neurogen.targets.cuda import compile_ptx, recurrent_launch, render_cuda
 
 from conftest import needs_cxx
+from strategies import structures
+from test_structure_fuzz import param_values
 
 pytestmark = needs_cxx
 BACKENDS = ["cpu", "cuda-emulated"]
@@ -308,3 +312,53 @@ def test_torch_compile_fullgraph_equals_eager(chunks):
     torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+# ---- random model structures in a recurrent layer (tests/strategies.py) ---------------------
+def _structure_case(case, T, seed, backends=BACKENDS):
+    model, surrogate, detach, kinds = case
+    B, H = 2, 5
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, H, generator=gen, dtype=DT) * 0.6 + 0.7
+    W = torch.randn(H, H, generator=gen, dtype=DT) * 0.4
+    init = {s: torch.rand(B, H, generator=gen, dtype=DT) * 0.6 - 0.1 for s in model.state_names}
+    if "refractory" in init:
+        init["refractory"] = torch.randint(0, 3, (B, H), generator=gen).to(DT)
+    out0 = torch.rand(B, H, generator=gen, dtype=DT)
+    params, learnable = param_values(model, kinds, H)
+    record = model.state_names if seed % 3 else ()
+
+    def make(**kw):
+        values = {k: (nn.Parameter(torch.as_tensor(v, dtype=DT).clone()) if k in learnable
+                      else v) for k, v in params.items()}
+        return model.module(surrogate_function=surrogate, detach_reset=detach, **values, **kw)
+
+    want = run_reference(make, x, W, init=init, out0=out0, record=record)
+    for backend in backends:
+        got = run_layer(make, backend, x, W, init=init, out0=out0, record=record)
+        try:
+            if model.output is not None:  # graded: compared within tolerance
+                torch.testing.assert_close(got["out"], want["out"], rtol=1e-10, atol=1e-10,
+                                           equal_nan=True)
+                got, w = dict(got, out=want["out"]), want
+            else:
+                w = want
+            assert got.keys() == w.keys()
+            assert torch.equal(got["out"], w["out"]), "outputs differ"
+            for k in w:
+                tol = 1e-8 if k.startswith("grad") else 1e-10
+                torch.testing.assert_close(got[k], w[k], rtol=tol, atol=tol, equal_nan=True,
+                                           msg=k)
+        except AssertionError as exc:
+            raise AssertionError(f"{backend}: {exc}\nmodel:\n{model}\nsurrogate {surrogate}, "
+                                 f"detach_reset={detach}, kinds {kinds}") from None
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(structures(), st.sampled_from((1, 2, 6)), st.integers(0, 2**16))
+def test_random_structures_in_a_recurrent_layer_equal_the_torch_loop(case, T, seed):
+    """Every construct the structure generator draws (group memberships, branches and
+    clamps, graded outputs, refractory periods, records, learnable and per-neuron
+    parameters, every surrogate, detach_reset) through the recurrence."""
+    _structure_case(case, T, seed)
