@@ -164,7 +164,7 @@ def test_mask_bias_records_and_chunks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (1, 4, 3), (5, 1, 33), (4, 2, 40)])
+@pytest.mark.parametrize("T,B,H", [(1, 1, 1), (1, 4, 3), (5, 1, 33), (4, 2, 40), (3, 9, 70)])
 def test_odd_sizes(backend, T, B, H):
     make, x, W, g = make_case("LIFNode", T=T, B=B, H=H, seed=T * 100 + H)
     assert_same(run_layer(make, backend, x, W), run_reference(make, x, W))
@@ -195,16 +195,25 @@ def test_batch_shapes_and_no_grad(backend):
     assert a.shape == x.shape and ref.out.shape == x.shape[1:]
 
 
-def test_float32_matches_reference_loosely():
-    for backend in BACKENDS:
-        make, x, W, _ = make_case("LIFNode", T=6, B=2, H=8, seed=4)
-        node = make(backend=backend)
-        layer = ng.RecurrentLayer(node, 8, weight=W.float())
-        ref = ng.RecurrentLayer(make(backend="torch"), 8, weight=W.float())
-        xf = x.float()
-        y, yr = layer(xf), ref(xf)
-        assert (y != yr).float().mean() < 0.05
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,H", [(2, 8), (9, 130)])
+def test_float32_matches_reference_loosely(backend, B, H):
+    """(with H = 130 and 9 sequences the CPU passes run their full register tiles too)"""
+    make, x, W, _ = make_case("LIFNode", T=6, B=B, H=H, seed=4)
+    node = make(backend=backend)
+    layer = ng.RecurrentLayer(node, H, weight=W.float())
+    ref = ng.RecurrentLayer(make(backend="torch"), H, weight=W.float())
+    xf = x.float().requires_grad_()
+    xr = x.float().requires_grad_()
+    g = torch.rand(x.shape)
+    y, yr = layer(xf), ref(xr)
+    (y * g).sum().backward()
+    (yr * g).sum().backward()
+    assert (y != yr).float().mean() < 0.02
+    if torch.equal(y, yr):
         torch.testing.assert_close(node.v, ref.neuron.v, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-3, atol=1e-3)
 
 
 def test_bad_input_gets_clear_errors():

@@ -149,7 +149,9 @@ class CpuTarget(KernelTarget):
                               arrays=[a for a in arrays if a in sg["arrays"]])
 
         step, sg_step = loop(ir.step)
-        scratch = ["ng_rec"] if ir.recurrent else []
+        # a recurrent kernel's term per neuron; the forward's list of nonzero sources
+        scratch = (["ng_rec"] + (["ng_act", "ng_val"] if ir.kind == "forward" else [])
+                   if ir.recurrent else [])
         first, sg_first = loop(ir.first) if ir.first is not None else (None, None)
         ctx.update(signature=signature(list(ir.args) + list(LAUNCH_ARGS)),
                    uniform=lines(ir.uniform), per_neuron=lines(ir.per_neuron),
@@ -163,7 +165,8 @@ class CpuTarget(KernelTarget):
 
     def compile(self, ir, source, device) -> Kernel:
         fn, openmp = host_compiler.compile_kernel(source, ir.name, fma=ir.compute == "float")
-        arrays = len(ir.constants) + len(ir.carried) + (1 if ir.recurrent else 0)
+        arrays = len(ir.constants) + len(ir.carried) + (
+            (3 if ir.kind == "forward" else 1) if ir.recurrent else 0)
         size = 8 if ir.compute == "double" else 4
         return Kernel(fn, ir, source, launch=dict(
             max_block=max_block(arrays, ir.compute), array_bytes=arrays * size, openmp=openmp))
