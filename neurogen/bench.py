@@ -336,7 +336,13 @@ def main(argv=None):
                    choices=["LIF", "ALIF", "Izhikevich"])
     p.add_argument("--H", nargs="+", type=int, help="hidden sizes of --recurrent")
     p.add_argument("--batch", type=int, default=64, help="batch of --recurrent")
+    p.add_argument("--single-step", action="store_true",
+                   help="per-step time of single-step training calls beside SpikingJelly")
     args = p.parse_args(argv)
+    if args.single_step:
+        from . import bench_recurrent
+        bench_recurrent.single_step(args.device, args.out)
+        return 0
     if args.recurrent:
         from . import bench_recurrent
         bench_recurrent.run(args.device, args.out,

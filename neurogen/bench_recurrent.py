@@ -227,4 +227,73 @@ def _plot(info, out):
     plt.close(fig)
 
 
-__all__ = ["run", "peers", "gemm_rate", "MODELS", "HS"]
+# ---- single-step calls ---------------------------------------------------------------------
+def single_step(device="cpu", out="bench-output", shapes=((64, 256), (1, 64)), steps=20,
+                repeats=21):
+    """Per-step time of a training loop of single-step calls (``step_mode="s"``): forward
+    of each step, one backward through all of them (each step's input a leaf of its own,
+    as a layer's output would be), neurogen's LIF beside SpikingJelly 2.0's, interleaved
+    in the same process. Also inference (``torch.no_grad``)."""
+    import time
+    device = torch.device(device)
+    try:
+        from spikingjelly.activation_based import neuron as sj
+    except ImportError:
+        sj = None
+    info = {"machine": machine(device), "device": str(device), "steps": steps, "rows": []}
+    print(f"neurogen bench --single-step on {info['machine']} ({device}): LIF, {steps} "
+          "single-step calls, then one backward; us per step, median of "
+          f"{repeats} interleaved runs")
+    print(f"{'shape':<12}{'mode':<10}{'impl':<14}{'us/step':>9}{'vs neurogen':>13}")
+    for shape in shapes:
+        gen = torch.Generator().manual_seed(0)
+        x = (torch.rand(steps, *shape, generator=gen) * 1.5).to(device)
+        g = torch.rand(steps, *shape, generator=gen).to(device)
+        nodes = {"neurogen": neuron.LIFNode(step_mode="s", backend="auto")}
+        if sj is not None:
+            nodes["spikingjelly"] = sj.LIFNode(step_mode="s").to(device)
+        for mode in ("fwd+bwd", "fwd"):
+            fns = {}
+            for impl, node in nodes.items():
+                xs = [x[t].clone().requires_grad_(mode == "fwd+bwd") for t in range(steps)]
+
+                def fn(node=node, xs=xs, train=mode == "fwd+bwd"):
+                    node.reset()
+                    if train:
+                        for q in xs:
+                            q.grad = None
+                        torch.stack([node(q) for q in xs]).backward(g)
+                    else:
+                        with torch.no_grad():
+                            for q in xs:
+                                node(q)
+                fns[impl] = fn
+            times = {k: [] for k in fns}
+            for f in fns.values():
+                f()
+                f()
+            for _ in range(repeats):
+                for k, f in fns.items():
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    f()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[k].append((time.perf_counter() - t0) / steps * 1e6)
+            base = None
+            for impl, ts in times.items():
+                us = sorted(ts)[len(ts) // 2]
+                base = base or us
+                row = dict(shape=list(shape), mode=mode, impl=impl, us_per_step=us,
+                           vs_neurogen=us / base)
+                info["rows"].append(row)
+                print(f"{'x'.join(map(str, shape)):<12}{mode:<10}{impl:<14}{us:>9.1f}"
+                      f"{us / base:>12.2f}x")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "single_step.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
+__all__ = ["run", "peers", "gemm_rate", "single_step", "MODELS", "HS"]

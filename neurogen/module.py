@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import buffers, reference, targets
+from . import buffers, fastpath, reference, targets
 from . import surrogate as sg
 from .autograd import compiling, constant_result
 from .config import check_record
@@ -43,6 +43,7 @@ class NeuronModule(nn.Module):
         if not isinstance(model, NeuronModel):
             raise TypeError(f"model must be a NeuronModel, got {type(model).__name__}")
         self.__dict__["_memories"] = {}
+        self.__dict__["_gen"] = 0  # the configuration's generation (neurogen.fastpath)
         self.model = model
         self.surrogate_function = surrogate_function if surrogate_function is not None else sg.Sigmoid()
         if not isinstance(self.surrogate_function, sg.Surrogate):
@@ -125,6 +126,7 @@ class NeuronModule(nn.Module):
                             f"got {type(value).__name__}")
         if name == self.model.refractory:
             self._check_refractory(name, value)
+        self._changed()
         for store in (self._parameters, self._buffers, self.__dict__):
             store.pop(name, None)
         if isinstance(value, nn.Parameter):
@@ -166,7 +168,13 @@ class NeuronModule(nn.Module):
             return memories[name]
         return super().__getattr__(name)
 
+    def _changed(self):
+        """The configuration changed: the fast path's runner no longer applies."""
+        self.__dict__["_gen"] = self.__dict__.get("_gen", 0) + 1
+        self.__dict__.pop("_runner", None)
+
     def __setattr__(self, name, value):
+        self._changed()
         if name in self.__dict__.get("_memories", {}):
             self._memories[name] = value
         elif name in getattr(self.__dict__.get("model"), "param_names", ()):
@@ -196,12 +204,14 @@ class NeuronModule(nn.Module):
 
     def detach(self):
         """Cut the states from the autograd graph (truncated BPTT; SJ's ``detach_net``)."""
+        self._changed()
         self._memories.update(_detached(self._memories))
         self.__dict__["_seq_lists"] = {s: [v.detach() for v in lst]
                                        for s, lst in self._seq_lists.items()}
 
     def _apply(self, fn, *args, **kwargs):
         # .to() / .double() / .cuda() move the states too, as they do in SpikingJelly
+        self._changed()
         for k, v in self._memories.items():
             if isinstance(v, torch.Tensor):
                 self._memories[k] = fn(v)
@@ -218,11 +228,13 @@ class NeuronModule(nn.Module):
             state["_seq_lists"] = {s: (v_list if s == v_name else [])
                                    for s in state["_record"]}
             state["_seq_attrs"] = ["v_seq"]
+        state.setdefault("_gen", 0)
         super().__setstate__(state)
 
     def __getstate__(self):
         # deepcopy/pickle: states carry no autograd graph (torch cannot copy a non-leaf tensor)
         state = super().__getstate__()
+        state.pop("_runner", None)  # (kernel handles: made again after loading)
         state["_memories"] = _detached(state["_memories"], graph_only=True)
         state["_seq_lists"] = {s: [v if v.grad_fn is None else v.detach() for v in lst]
                                for s, lst in state["_seq_lists"].items()}
@@ -274,6 +286,10 @@ class NeuronModule(nn.Module):
 
     # ---- running --------------------------------------------------------------------
     def forward(self, x: torch.Tensor):
+        if "_runner" in self.__dict__ and not compiling():
+            out = fastpath.try_call(self, x)  # the same configuration as the last call
+            if out is not None:
+                return out
         if self.step_mode == "s":
             return self.single_step_forward(x)
         return self.multi_step_forward(x)
@@ -289,6 +305,7 @@ class NeuronModule(nn.Module):
         self._check_param_devices(x_seq, params)
         if self.model.refractory is not None:
             self._check_counter(x_seq.dtype)
+        before = [self._memories[s] for s in self.model.state_names]
         states = self._states_for(x_seq, params)
         if x_seq.shape[0] == 0:
             raise ValueError("x_seq has T = 0 time steps; give at least one step")
@@ -297,6 +314,13 @@ class NeuronModule(nn.Module):
         else:
             target = targets.resolve(self.backend, x_seq)
         out_seq, seqs, finals = target.run(self, x_seq, states, params)
+        last = self.__dict__.pop("_last_plan", None)
+        if last is not None and not compiling() and _single == (self.step_mode == "s"):
+            # the next call's fast path (for calls through forward() in this step mode)
+            runner = fastpath.build(self, x_seq[0] if _single else x_seq, target, last,
+                                    x_seq.shape[1:], before, params)
+            if runner is not None:
+                self.__dict__["_runner"] = runner
         for s in self.model.state_names:
             self._memories[s] = finals[s]
         for s in self.record:

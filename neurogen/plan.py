@@ -88,6 +88,16 @@ class Plan:
         recurrent kernel's sequence length in neurons (``n // H`` sequences)."""
         if n == 0:
             return  # zero neurons: nothing to compute (and no empty CUDA grid)
+        kernel, packer = self.entry(kind, cfg, device)
+        if H:
+            self.target.launch_recurrent(kernel, packer(values), n, T, H, device)
+        else:
+            self.target.launch(kernel, packer(values), n, T, device)
+
+
+    def entry(self, kind, cfg, device):
+        """``(kernel, packer)`` of one kernel of this plan, made once (and again after
+        :func:`neurogen.forget_kernels`)."""
         key = (kind, cfg.grad_record, cfg.zero_grads, device)
         entry = self._kernels.get(key)
         if entry is None or entry[2] != cache.generation:
@@ -95,11 +105,7 @@ class Plan:
             kernel = self.target.kernel(self.model, kind, self.dtype, cfg, device)
             packer = self.target.packer(kernel.ir.args, dict(self.scalars), self.compute)
             entry = self._kernels[key] = (kernel, packer, generation)
-        kernel, packer, _ = entry
-        if H:
-            self.target.launch_recurrent(kernel, packer(values), n, T, H, device)
-        else:
-            self.target.launch(kernel, packer(values), n, T, device)
+        return entry[0], entry[1]
 
 
 class Names:
@@ -244,6 +250,10 @@ def run_kernels(target, module, x_seq, states, params):
     x2d = as_shape(x_seq, (T, N)).contiguous()
     out = autograd.multi_step(module, target, dtype, kinds, learnable if needs_grad else [],
                               needs_grad, tensor_params, scalars, x2d, inits + tensors)
+    if not autograd.compiling():  # (the module's fast path for its next call starts from it)
+        module.__dict__["_last_plan"] = plan_for(
+            module, target, dtype, kinds, learnable if needs_grad else [], needs_grad,
+            tensor_params, scalars)
     n_rec = len(module.record)
     seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(module.record, out[1:1 + n_rec])}
     finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]

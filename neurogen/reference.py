@@ -3,6 +3,7 @@ operations, stepped in a Python loop, differentiated by autograd. It shares
 no code with the kernel generator's derivation, so tests use it as the
 independent oracle."""
 
+import copy
 import sympy as sp
 import torch
 
@@ -139,7 +140,8 @@ class SpikeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, surrogate, strict=False):
         ctx.save_for_backward(u)
-        ctx.surrogate = surrogate
+        # the hyper-parameters of this call (a value set later does not reach its backward)
+        ctx.surrogate = copy.copy(surrogate)
         return ((u > 0) if strict else (u >= 0)).to(u.dtype)
 
     @staticmethod

@@ -31,13 +31,19 @@ class Surrogate:
         if unknown:
             raise TypeError(f"{type(self).__name__} takes {sorted(self.defaults)}, "
                             f"not {sorted(unknown)}")
-        self.params = {k: float(params.get(k, v)) for k, v in self.defaults.items()}
+        values = {k: float(params.get(k, v)) for k, v in self.defaults.items()}
         if not spiking:
             raise ValueError(f"{type(self).__name__}(spiking=False) is not supported: neurogen "
                              "neurons always fire Heaviside spikes")
         self.spiking = True
-        for k, v in self.params.items():
+        for k, v in values.items():
             setattr(self, k, v)
+
+    @property
+    def params(self):
+        """The hyper-parameters' current values, read from the attributes: ``sg.alpha =
+        2.0`` changes what the kernels and the torch reference use alike."""
+        return {k: getattr(self, k) for k in self.defaults}
 
     def primitive(self, u):
         return None
@@ -67,7 +73,7 @@ class Surrogate:
 
     def kernel_values(self):
         """The values of the ``sg_<name>`` kernel arguments."""
-        return {f"sg_{k}": v for k, v in self.params.items()}
+        return {f"sg_{k}": float(v) for k, v in self.params.items()}
 
     def structure(self) -> str:
         """What the kernel code depends on: the class (and, for Custom, the expression)."""
@@ -254,7 +260,6 @@ class Custom(Surrogate):
     def canonical(self):
         """A copy standing for the kernels' structure (values do not reach the code)."""
         out = copy.copy(self)
-        out.params = {k: 1.0 for k in self.params}
         for k in out.params:
             setattr(out, k, 1.0)
         return out

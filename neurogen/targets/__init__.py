@@ -57,7 +57,16 @@ def on_change(listener):
     _LISTENERS.append(listener)
 
 
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """A counter bumped whenever a target is registered or removed."""
+    return _GENERATION[0]
+
+
 def _changed(name):
+    _GENERATION[0] += 1
     _AUTO.clear()
     _RANKED[:] = sorted((t for t in _TARGETS.values() if t.auto_rank is not None),
                         key=lambda t: t.auto_rank)
