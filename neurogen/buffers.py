@@ -151,7 +151,7 @@ def _release(ref):
         pass
 
 
-def empty(shape, dtype, device):
+def empty(shape, dtype, device):  # (also called with dtype= and device= as keywords)
     """Like ``torch.empty(shape, dtype=dtype, device=device)`` (contiguous), with large
     CPU blocks taken from and returned to neurogen's cache."""
     npdtype = _NUMPY.get(dtype)

@@ -42,10 +42,11 @@ class _Binding:
                 self.slots.append((i, where[name]))
 
     def fill(self, flat):
+        """The argument values (pointers filled in), in order."""
         vals = self.template.copy()
         for i, j in self.slots:
             vals[i] = flat[j].data_ptr()
-        return list(zip(self.kinds, vals))
+        return vals
 
 
 class Runner:
@@ -77,11 +78,15 @@ class Runner:
         where.update((n, base + 1 + self.n_states + j) for j, n in enumerate(names.saved_out))
         kernel, packer = plan.entry("forward", plan.cfg, x.device)
         self.forward_binding = _Binding(packer, where, fixed)
-        self.forward_launch = self._launcher(kernel)
+        self.forward_launch = self._launcher(kernel, packer.kinds)
+        # small outputs straight from torch (the CPU block cache only takes large ones)
+        big = x.numel() * x.element_size() >= buffers.MIN_BYTES
+        self.empty_seq = buffers.empty if big else torch.empty
         self._backward = {}  # (grad_out given, zero-gradient states) -> (binding, launch, cfg)
         self.compute = dtypes.compute_dtype(plan.dtype)
 
-    def _launcher(self, kernel):
+    def _launcher(self, kernel, kinds):
+        """A function running ``kernel`` on a filled argument list."""
         target, N, T, device = self.plan.target, self.N, self.T, self.device
         if target.name == "cpu":
             workers = max(1, min(torch.get_num_threads(), -(-N // 16)))
@@ -92,14 +97,15 @@ class Runner:
             workers = min(workers, blocks)
             if workers == 1 or facts["openmp"]:
                 fn, nbytes = kernel.fn, workers * facts["array_bytes"] * size
-                extra = [size, 0, blocks, workers]
+                if fn.argtypes is None:
+                    fn.argtypes = [host_compiler._CTYPES[k] for k in kinds + _LAUNCH_KINDS]
+                    fn.restype = None
 
-                def launch(packed):
-                    host_compiler.call(fn, packed + list(zip(_LAUNCH_KINDS,
-                                                             extra + [scratch(nbytes)])))
+                def launch(vals):
+                    fn(*vals, size, 0, blocks, workers, scratch(nbytes))
                 return launch
-            return lambda packed: launch_cpu(kernel, packed, N, T)
-        return lambda packed: target.launch(kernel, packed, N, T, device)
+            return lambda vals: launch_cpu(kernel, list(zip(kinds, vals)), N, T)
+        return lambda vals: target.launch(kernel, list(zip(kinds, vals)), N, T, device)
 
     # ---- forward ------------------------------------------------------------------------
     def inputs(self, module, x, states):
@@ -116,10 +122,11 @@ class Runner:
 
     def forward(self, flat_in):
         x = flat_in[0]
-        out = buffers.empty(self.x_shape, self.dtype, self.device)
-        finals = [torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        empty, dtype, device = self.empty_seq, self.dtype, self.device
+        out = empty(self.x_shape, dtype=dtype, device=device)
+        finals = [torch.empty(self.shape, dtype=dtype, device=device)
                   for _ in range(self.n_states)]
-        saved = [buffers.empty((self.T, self.N), self.dtype, self.device)
+        saved = [empty((self.T, self.N), dtype=dtype, device=device)
                  for _ in range(self.n_saved)] if self.save else []
         flat = list(flat_in) + [out] + finals + saved
         self.forward_launch(self.forward_binding.fill(flat))
@@ -150,7 +157,7 @@ class Runner:
             kernel, packer = plan.entry("backward", cfg, self.device)
             entry = self._backward[zero] = (_Binding(packer, where, {names.T: self.T,
                                                                       names.N: self.N}),
-                                            self._launcher(kernel), cfg)
+                                            self._launcher(kernel, packer.kinds), cfg)
         return entry
 
     def backward(self, x, tensors, saved, g_out, g_finals):
@@ -169,7 +176,7 @@ class Runner:
                 gf.append(zeros_n)
             else:
                 gf.append(g.contiguous())
-        grad_x = buffers.empty(self.x_shape, self.dtype, self.device)
+        grad_x = self.empty_seq(self.x_shape, dtype=self.dtype, device=self.device)
         grad_init = [torch.empty(self.shape, **io) for _ in range(self.n_states)]
         grad_p = [torch.empty(self.N, dtype=self.compute, device=self.device)
                   for _ in cfg.learnable]
