@@ -109,8 +109,13 @@ class Runner:
 
     # ---- forward ------------------------------------------------------------------------
     def inputs(self, module, x, states):
-        """``[x, *initial states, *parameter tensors]`` for this call."""
+        """``[x, *initial states, *parameter tensors]`` for this call, or None when a state
+        is not what the kernel reads (written by something other than these calls)."""
         tensors = [x]
+        for v in states:  # (what the kernel assumes of them; anything else: the general path)
+            if v is not None and (v.dtype != self.dtype or v.shape != self.shape
+                                  or not v.is_contiguous() or v.device != self.device):
+                return None
         if any(s is None for s in states):
             init = module._initial_states(x if x.dim() == len(self.shape) else x[0],
                                           self.shape, module.param_values())
@@ -160,36 +165,37 @@ class Runner:
                                             self._launcher(kernel, packer.kinds), cfg)
         return entry
 
+    def _zeros(self):
+        """A zero final-state gradient (read only; made again if changed in place)."""
+        z = self.__dict__.get("_zero")
+        if z is None or z[0]._version != z[1]:
+            t = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            z = self._zero = (t, t._version)
+        return z[0]
+
     def backward(self, x, tensors, saved, g_out, g_finals):
-        plan = self.plan
         zero = tuple(s for s, g in zip(self.module_states, g_finals) if g is None)
         binding, launch, cfg = self._backward_for(zero)
-        io = dict(dtype=self.dtype, device=self.device)
+        dtype, device = self.dtype, self.device
         if g_out is None:
-            g_out = torch.zeros(self.x_shape, **io)
-        zeros_n = None
-        gf = []
-        for g in g_finals:
-            if g is None:
-                if zeros_n is None:
-                    zeros_n = buffers.constant(self.shape, 0.0, self.dtype, self.device)
-                gf.append(zeros_n)
-            else:
-                gf.append(g.contiguous())
-        grad_x = self.empty_seq(self.x_shape, dtype=self.dtype, device=self.device)
-        grad_init = [torch.empty(self.shape, **io) for _ in range(self.n_states)]
-        grad_p = [torch.empty(self.N, dtype=self.compute, device=self.device)
+            g_out = torch.zeros(self.x_shape, dtype=dtype, device=device)
+        gf = [self._zeros() if g is None else g.contiguous() for g in g_finals]
+        grad_x = self.empty_seq(self.x_shape, dtype=dtype, device=device)
+        grad_init = [torch.empty(self.shape, dtype=dtype, device=device)
+                     for _ in range(self.n_states)]
+        grad_p = [torch.empty(self.N, dtype=self.compute, device=device)
                   for _ in cfg.learnable]
         flat = [g_out.contiguous(), *gf, *saved, x, *tensors, grad_x, *grad_init, *grad_p]
         launch(binding.fill(flat))
-        learned = dict(zip(cfg.learnable, grad_p))
-        param_grads = []
-        for k, t in zip(plan.tensor_params, tensors[self.n_states:]):
-            g = learned.get(k)
-            if g is not None:
-                g = g.sum().reshape(t.shape) if plan.cfg.kind_of(k) == "shared" \
-                    else g.reshape(t.shape)
-            param_grads.append(g)
+        param_grads = [None] * len(self.params)
+        if grad_p:  # (learnt parameters: summed where shared, in the tensor's shape)
+            plan = self.plan
+            learned = dict(zip(cfg.learnable, grad_p))
+            for i, (k, t) in enumerate(zip(plan.tensor_params, tensors[self.n_states:])):
+                g = learned.get(k)
+                if g is not None:
+                    param_grads[i] = (g.sum().reshape(t.shape) if plan.cfg.kind_of(k) == "shared"
+                                      else g.reshape(t.shape))
         return grad_x, grad_init, param_grads
 
 
@@ -239,6 +245,8 @@ def try_call(module, x):
     if call_key(module, x, states, runner.params) != runner.key:
         return None
     flat = runner.inputs(module, x, states)
+    if flat is None:
+        return None
     if runner.save:
         outs = FastStep.apply(runner, *flat)
     else:

@@ -315,6 +315,7 @@ class NeuronModule(nn.Module):
             target = targets.resolve(self.backend, x_seq)
         out_seq, seqs, finals = target.run(self, x_seq, states, params)
         last = self.__dict__.pop("_last_plan", None)
+        self.__dict__.pop("_runner", None)  # (a runner holds for the states its calls made)
         if last is not None and not compiling() and _single == (self.step_mode == "s"):
             # the next call's fast path (for calls through forward() in this step mode)
             runner = fastpath.build(self, x_seq[0] if _single else x_seq, target, last,

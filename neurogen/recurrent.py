@@ -152,6 +152,7 @@ class RecurrentLayer(nn.Module):
             out_seq, seqs, finals = _torch_loop(node, x_seq, W, out0, states, params)
         else:
             out_seq, seqs, finals = _kernels(node, target, x_seq, W, out0, states, params)
+        node._changed()  # (states written here: the neuron's own fast path must not assume)
         for s in node.model.state_names:
             node._memories[s] = finals[s]
         for s in node.record:

@@ -227,3 +227,29 @@ def test_pickle_and_deepcopy_of_a_module_with_a_runner():
         assert "_runner" not in clone.__dict__
         a, b = clone(x), node(x)
         assert torch.equal(a, b)
+
+
+def test_states_written_elsewhere_drop_the_runner():
+    """A call with an empty batch, or a recurrent layer writing the neuron's states: the
+    next call must not reuse a runner made for other states."""
+    node = make("cpu", learn=False)
+    x = torch.rand(3, 4, dtype=DT) * 2
+    node(x)
+    node(x)
+    assert "_runner" in node.__dict__
+    node.reset()
+    node(torch.rand(0, 4, dtype=DT))
+    with pytest.raises(ValueError, match="reset"):
+        node(x)  # the states are [0, 4] now
+    layer = ng.RecurrentLayer(node, 4)  # float32
+    node.reset()
+    node(x)
+    node(x)
+    assert "_runner" in node.__dict__
+    with torch.no_grad():
+        layer(torch.rand(2, 3, 4))  # the neuron's states become float32
+    assert node.v.dtype == torch.float32
+    ref = make("torch", learn=False)
+    ref.v, ref.th = node.v.double(), node.th.double()
+    assert torch.equal(node(x), ref(x))
+    torch.testing.assert_close(node.v, ref.v, rtol=1e-12, atol=1e-12)
