@@ -125,3 +125,39 @@ def test_fast_sigmoid_grad_of_float_kernels_accuracy():
     tails = torch.tensor([-1e30, -100.0, 100.0, 1e30, float("inf"), float("-inf")], device="cuda")
     assert (function_on_gpu("ng_sigmoid_grad", tails) == 0).all()
     assert function_on_gpu("ng_sigmoid_grad", torch.tensor([float("nan")], device="cuda")).isnan().all()
+
+
+# ---- recurrent layers (issue 20): the CUDA kernels with barriers ----------------------------
+@pytest.mark.parametrize("name", ["LIFNode", "IzhikevichNode", "AdExNode"])
+@pytest.mark.parametrize("H", [7, 64, 300])
+def test_recurrent_cuda_equals_cpu_float64(name, H):
+    g = torch.Generator().manual_seed(H)
+    x = torch.rand(12, 5, H, generator=g, dtype=torch.float64) * 2.5
+    W = (torch.rand(H, H, generator=g, dtype=torch.float64) - 0.4) * 5 / H ** 0.5
+    runs = {}
+    for device, backend in (("cpu", "cpu"), ("cuda", "cuda")):
+        node = LIBRARY[name](backend=backend).double().to(device)
+        layer = ng.RecurrentLayer(node, H, weight=W, mask=1 - torch.eye(H, dtype=torch.float64),
+                                  bias=True).double().to(device)
+        xin = x.to(device).requires_grad_()
+        out = layer(xin)
+        (out * torch.arange(out.numel(), device=device).reshape(out.shape).sin()).sum().backward()
+        runs[device] = [t.detach().cpu() for t in (out, xin.grad, layer.weight.grad,
+                                                   layer.bias.grad, node.v)]
+    assert torch.equal(runs["cuda"][0], runs["cpu"][0])
+    for a, b in zip(runs["cuda"][1:], runs["cpu"][1:]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_recurrent_cuda_half_types_close_to_float64(dtype):
+    H = 256
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(20, 8, H, generator=g) * 2
+    ref = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cpu"), H).double()
+    layer = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cuda"), H).cuda()
+    with torch.no_grad():
+        layer.weight.copy_(ref.weight.float())
+    y = layer(x.cuda().to(dtype)).float().cpu()
+    y64 = ref(x.double()).float()
+    assert (y != y64).float().mean() < (0.02 if dtype == torch.float32 else 0.1)

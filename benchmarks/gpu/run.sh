@@ -22,6 +22,9 @@ cat "$OUT/variants.log" 2>/dev/null | grep -v "Triton not available"
     --section MemoryWorkloadAnalysis -k regex:ng_ -s 2 -c 2 python3 benchmarks/gpu/one_step.py \
     > "$OUT/ncu.log" 2>&1
 grep -E "ng_|Throughput|Duration|Busy|Bandwidth" "$OUT/ncu.log" 2>/dev/null | head -40
+[ -n "${SKIP_RECURRENT:-}" ] || timeout "${RECURRENT_S:-150}" python3 -m neurogen.bench --device cuda \
+    --recurrent --batch 256 --H 256 512 1024 --out "$OUT/recurrent" > "$OUT/recurrent.log" 2>&1
+grep -v "Triton not available\|WARNING\|^W1" "$OUT/recurrent.log" 2>/dev/null | tail -40
 timeout "${BENCH_S:-300}" python3 -m neurogen.bench --device cuda --out "$OUT/bench" "$@" \
     > "$OUT/bench.log" 2>&1
 grep -v "Triton not available\|WARNING\|^W1" "$OUT/bench.log" | tail -80
