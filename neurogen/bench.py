@@ -338,10 +338,12 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64, help="batch of --recurrent")
     p.add_argument("--single-step", action="store_true",
                    help="per-step time of single-step training calls beside SpikingJelly")
+    p.add_argument("--block", type=int, default=3,
+                   help="--single-step: timed runs per library in each round (1: alternate)")
     args = p.parse_args(argv)
     if args.single_step:
         from . import bench_recurrent
-        bench_recurrent.single_step(args.device, args.out)
+        bench_recurrent.single_step(args.device, args.out, block=args.block)
         return 0
     if args.recurrent:
         from . import bench_recurrent

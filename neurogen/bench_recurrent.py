@@ -229,11 +229,13 @@ def _plot(info, out):
 
 # ---- single-step calls ---------------------------------------------------------------------
 def single_step(device="cpu", out="bench-output", shapes=((64, 256), (1, 64)), steps=20,
-                repeats=21):
+                repeats=21, block=3):
     """Per-step time of a training loop of single-step calls (``step_mode="s"``): forward
     of each step, one backward through all of them (each step's input a leaf of its own,
-    as a layer's output would be), neurogen's LIF beside SpikingJelly 2.0's, interleaved
-    in the same process. Also inference (``torch.no_grad``)."""
+    as a layer's output would be), neurogen's LIF beside SpikingJelly 2.0's in the same
+    process: ``repeats`` rounds, each running every library ``block`` timed times after one
+    untimed run (``block=1``: strictly alternating single runs). Also inference
+    (``torch.no_grad``)."""
     import time
     device = torch.device(device)
     try:
@@ -241,9 +243,11 @@ def single_step(device="cpu", out="bench-output", shapes=((64, 256), (1, 64)), s
     except ImportError:
         sj = None
     info = {"machine": machine(device), "device": str(device), "steps": steps, "rows": []}
+    info["block"] = block
     print(f"neurogen bench --single-step on {info['machine']} ({device}): LIF, {steps} "
-          "single-step calls, then one backward; us per step, median of "
-          f"{repeats} interleaved runs")
+          "single-step calls, then one backward; us per step, median over "
+          f"{repeats} rounds of {block} timed runs per library"
+          + (" (strictly alternating)" if block <= 1 else " (after one untimed)"))
     print(f"{'shape':<12}{'mode':<10}{'impl':<14}{'us/step':>9}{'vs neurogen':>13}")
     for shape in shapes:
         gen = torch.Generator().manual_seed(0)
@@ -274,13 +278,18 @@ def single_step(device="cpu", out="bench-output", shapes=((64, 256), (1, 64)), s
                 f()
             for _ in range(repeats):
                 for k, f in fns.items():
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    f()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times[k].append((time.perf_counter() - t0) / steps * 1e6)
+                    # a block of runs of one library, the first untimed: the state a
+                    # training loop running only this library is in (strictly alternating
+                    # single runs measure each after the other's, on cold caches)
+                    for i in range(block + 1 if block > 1 else 1):
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        f()
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        if block <= 1 or i > 0:
+                            times[k].append((time.perf_counter() - t0) / steps * 1e6)
             base = None
             for impl, ts in times.items():
                 us = sorted(ts)[len(ts) // 2]
