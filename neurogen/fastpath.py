@@ -113,8 +113,9 @@ class Runner:
         is not what the kernel reads (written by something other than these calls)."""
         tensors = [x]
         for v in states:  # (what the kernel assumes of them; anything else: the general path)
-            if v is not None and (v.dtype != self.dtype or v.shape != self.shape
-                                  or not v.is_contiguous() or v.device != self.device):
+            if v is not None and (not isinstance(v, torch.Tensor) or v.dtype != self.dtype
+                                  or v.shape != self.shape or not v.is_contiguous()
+                                  or v.device != self.device):
                 return None
         if any(s is None for s in states):
             init = module._initial_states(x if x.dim() == len(self.shape) else x[0],
@@ -221,16 +222,26 @@ class FastStep(torch.autograd.Function):
 
 
 # ---- the key ------------------------------------------------------------------------------
+def _held(module, names):
+    """The module's parameter tensors by name, read where torch keeps them (so a swap by
+    ``torch.func.functional_call``, which writes those dicts directly, is seen)."""
+    params, buffers_ = module._parameters, module._buffers
+    return [params[k] if k in params else buffers_.get(k) for k in names]
+
+
 def call_key(module, x, states, params):
-    """What a runner is valid for, cheap to compute on every call."""
+    """What a runner is valid for, cheap to compute on every call: besides the module's
+    configuration, the input's layout, the grad mode and, per parameter tensor, the very
+    object with its dtype, shape, device and layout (``.data`` may be replaced)."""
     grad = torch.is_grad_enabled()
     req = ()
     if grad:  # (the plan depends on whether the call needs a backward, and what is learnt)
-        learn = tuple(p.requires_grad for p in params)
-        req = (x.requires_grad or any(learn)
-               or any(s is not None and s.requires_grad for s in states), learn)
-    return (module.__dict__["_gen"], x.shape, x.dtype, x.device, grad, req,
-            tuple(module.surrogate_function.params.values()), torch.get_num_threads(),
+        req = (x.requires_grad or any(p.requires_grad for p in params if p is not None)
+               or any(isinstance(s, torch.Tensor) and s.requires_grad for s in states))
+    sig = tuple((id(p), p.dtype, p.shape, p.device, p.is_contiguous(), p.requires_grad)
+                if p is not None else None for p in params)
+    return (module.__dict__["_gen"], x.shape, x.dtype, x.device, x.is_contiguous(), grad, req,
+            sig, tuple(module.surrogate_function.params.values()), torch.get_num_threads(),
             cache.generation, targets.generation())
 
 
@@ -242,7 +253,8 @@ def try_call(module, x):
         return None
     mem = module._memories
     states = [mem[s] for s in runner.module_states]
-    if call_key(module, x, states, runner.params) != runner.key:
+    params = _held(module, runner.plan.tensor_params)
+    if call_key(module, x, states, params) != runner.key:
         return None
     flat = runner.inputs(module, x, states)
     if flat is None:
@@ -262,16 +274,16 @@ def build(module, x, target, plan, shape, states_before, param_values):
     states before it, None after a reset), or None where there is no fast path (recorded
     states, no neurons). A parameter tensor the kernel cannot read as it is (another
     dtype, broadcast) is converted on every call, as the general path does."""
-    if module.record or math.prod(shape) == 0 or plan is None:
-        return None
+    if module.record or math.prod(shape) == 0 or plan is None or not x.is_contiguous():
+        return None  # (the kernels read x as a dense array; the general path copies)
     from .targets.base import KernelTarget
     if type(target).packer is not KernelTarget.packer:
         return None  # (a target with its own argument packing: the general path only)
     compute = dtypes.compute_dtype(plan.dtype)
-    params, prepared = [], []
-    for k in plan.tensor_params:
-        value = param_values[k]
-        params.append(value)
+    params, prepared = _held(module, plan.tensor_params), []
+    if any(p is None or p is not param_values[k] for p, k in zip(params, plan.tensor_params)):
+        return None  # (a parameter held somewhere else than torch's dicts: no fast path)
+    for value in params:
         if (value.dtype == compute and value.is_contiguous()
                 and (value.numel() == 1 or tuple(value.shape) == tuple(shape))):
             prepared.append(None)  # (the kernel reads it as it is: one value or [N])

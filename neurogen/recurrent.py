@@ -80,8 +80,10 @@ class RecurrentLayer(nn.Module):
 
     @out.setter
     def out(self, value):
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"layer.out must be a tensor or None, got {type(value).__name__}")
+        if value is not None and (not isinstance(value, torch.Tensor)
+                                  or not value.is_floating_point()):
+            raise TypeError("layer.out must be a floating tensor [*batch, H] or None, got "
+                            f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
         self._carry["out"] = value
 
     def reset(self):
@@ -111,7 +113,7 @@ class RecurrentLayer(nn.Module):
         return self.weight if self.mask is None else self.weight * self.mask
 
     def forward(self, x_seq: torch.Tensor):
-        _check_input(x_seq, min_dim=2)
+        _check_input(x_seq, min_dim=0)
         H = self.hidden_size
         if x_seq.dim() < 2 or x_seq.shape[-1] != H:
             raise ValueError(f"RecurrentLayer input must be [T, *batch, {H}] (hidden size "
@@ -144,6 +146,11 @@ class RecurrentLayer(nn.Module):
             raise ValueError(f"the carried output has shape {tuple(out0.shape)} but the input's "
                              f"step has shape {tuple(shape)}; call reset() before changing "
                              "the batch")
+        elif out0.device != x_seq.device:
+            raise ValueError(f"the carried output is on {out0.device} but the input is on "
+                             f"{x_seq.device}; call reset() or move the layer")
+        elif out0.dtype != x_seq.dtype:  # (a chunk in another dtype: as the states are)
+            out0 = out0.to(x_seq.dtype)
         if compiling():
             target = targets.get(_target_when_compiling(node, x_seq))
         else:

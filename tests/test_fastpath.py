@@ -253,3 +253,67 @@ def test_states_written_elsewhere_drop_the_runner():
     ref.v, ref.th = node.v.double(), node.th.double()
     assert torch.equal(node(x), ref(x))
     torch.testing.assert_close(node.v, ref.v, rtol=1e-12, atol=1e-12)
+
+
+# ---- found in review: what the key must see ---------------------------------------------------
+def _compare_steps(xs, prepare=None, hooks=None):
+    """Outputs and final v of the cpu node against the torch node over ``xs``."""
+    res = []
+    for backend in ("cpu", "torch"):
+        node = make(backend, learn=False)
+        if prepare is not None:
+            prepare(node)
+        outs = []
+        for t, x in enumerate(xs):
+            if hooks and t in hooks:
+                hooks[t](node)
+            outs.append(node(x).clone())
+        res.append((outs, node.v.clone()))
+    (a, va), (b, vb) = res
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    torch.testing.assert_close(va, vb, rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_inputs_take_the_general_path():
+    big = torch.rand(3, 8, dtype=DT) * 3
+    _compare_steps([big[:, :4].contiguous(), big[:, ::2], big[:, 4:], big[:, 1::2],
+                    big[:, 4:].contiguous(), big[:, :1].expand(3, 4)])
+
+
+def test_a_state_set_to_a_number():
+    def hook(node):
+        node.v = 0.5
+    _compare_steps([torch.rand(3, 4, dtype=DT) * 2 for _ in range(4)], hooks={2: hook})
+
+
+def test_parameters_swapped_by_functional_call_or_data():
+    x = torch.rand(3, 4, dtype=DT) * 2
+    for backend in ("cpu", "torch"):
+        node = make(backend)
+        node(x)
+        node(x)
+        new = {"tau": torch.full((4,), 3.5, dtype=DT), "beta": torch.tensor(0.1, dtype=DT)}
+        out = torch.func.functional_call(node, new, (x,))
+        if backend == "cpu":
+            got, got_v = out, node.v
+        else:
+            torch.testing.assert_close(got_v, node.v, rtol=1e-12, atol=1e-12)
+            assert torch.equal(got, out)
+    for change in ("shape", "one", "dtype"):
+        outs = []
+        for backend in ("cpu", "torch"):
+            node = ALIF.module(backend=backend, tau=nn.Parameter(torch.tensor([2.0], dtype=DT)))
+            if change == "one":
+                node.set_param("tau", nn.Parameter(torch.full((3, 4), 2.0, dtype=DT)))
+            node(x)
+            node(x)
+            with torch.no_grad():
+                if change == "shape":
+                    node.tau.data = torch.full((3, 4), 3.0, dtype=DT)
+                elif change == "one":
+                    node.tau.data = torch.tensor([3.0], dtype=DT)
+                else:
+                    node.tau.data = torch.tensor([3.0], dtype=torch.float32)
+            outs.append((node(x), node(x), node.v))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=change)

@@ -220,7 +220,7 @@ def test_bad_input_gets_clear_errors():
     layer = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cpu"), 4)
     with pytest.raises(ValueError, match=r"\[T, \*batch, 4\]"):
         layer(torch.rand(3, 2, 5))
-    with pytest.raises(ValueError, match="multi-step input"):
+    with pytest.raises(ValueError, match=r"\[T, \*batch, 4\].*got shape \(4,\)"):
         layer(torch.rand(4))
     with pytest.raises(TypeError, match="floating"):
         layer(torch.ones(3, 2, 4, dtype=torch.int64))
@@ -371,3 +371,35 @@ def test_random_structures_in_a_recurrent_layer_equal_the_torch_loop(case, T, se
     clamps, graded outputs, refractory periods, records, learnable and per-neuron
     parameters, every surrogate, detach_reset) through the recurrence."""
     _structure_case(case, T, seed)
+
+
+def test_carried_output_follows_the_input_dtype_and_is_checked():
+    W = torch.rand(4, 4) - 0.3
+    x = torch.rand(6, 2, 4) * 2
+    for backend in ("cpu", "torch"):
+        a = ng.RecurrentLayer(ng.neuron.LIFNode(backend=backend), 4, weight=W)
+        whole = a(x)
+        a.reset()
+        first = a(x[:3].to(torch.bfloat16) if backend == "cpu" else x[:3].double().float())
+        rest = a(x[3:])  # the carried output converted to float32, as the states are
+        assert rest.dtype == torch.float32 and a.out.dtype == torch.float32
+        if backend == "torch":
+            assert torch.equal(torch.cat([first, rest]), whole)
+    layer = ng.RecurrentLayer(ng.neuron.LIFNode(backend="cpu"), 4)
+    with pytest.raises(TypeError, match="floating"):
+        layer.out = torch.zeros(2, 4, dtype=torch.int64)
+    with pytest.raises(TypeError, match="floating"):
+        layer.out = [0.0] * 4
+
+
+def test_concurrent_emulated_launches_do_not_deadlock():
+    from concurrent.futures import ThreadPoolExecutor
+    layers = [ng.RecurrentLayer(ng.neuron.LIFNode(backend="cuda-emulated"), 6,
+                                weight=torch.eye(6)) for _ in range(2)]
+    x = torch.rand(5, 3, 6) * 2
+    want = [layer(x) for layer in layers]
+    for layer in layers:
+        layer.reset()
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda layer: layer(x), layers))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

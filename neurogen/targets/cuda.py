@@ -112,8 +112,9 @@ def recurrent_launch(H: int, compute: str, max_threads: int = 1024):
     threads = -(-H // 32) * 32
     if threads > max_threads:
         raise ValueError(f"the CUDA recurrent kernels run one thread per neuron of a sequence "
-                         f"and this device allows {max_threads} threads per block: hidden size "
-                         f"{H} is too large; use at most {max_threads} neurons per layer or "
+                         f"and this kernel can run {max_threads} threads per block on this "
+                         f"device (its registers, the device's limit): hidden size {H} is too "
+                         f"large; use at most {max_threads} neurons per layer or "
                          "backend='cpu'")
     return threads, H * (8 if compute == "double" else 4)
 
@@ -192,8 +193,10 @@ class CudaTarget(KernelTarget):
         conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
                 "i64": np.int64}
         with cp.cuda.Device(_index(device)) as dev:
-            threads, shared = recurrent_launch(H, kernel.ir.compute,
-                                               dev.attributes["MaxThreadsPerBlock"])
+            # the device's limit, and the kernel's own (its registers per thread)
+            limit = min(dev.attributes["MaxThreadsPerBlock"],
+                        getattr(kernel.fn, "max_threads_per_block", 1 << 30))
+            threads, shared = recurrent_launch(H, kernel.ir.compute, limit)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
