@@ -29,7 +29,8 @@ _LAUNCH_KINDS = [a.kind for a in LAUNCH_ARGS]
 
 class _Binding:
     """One kernel's argument list with the tensors' pointers left as slots: ``fill(flat)``
-    puts ``flat[j].data_ptr()`` at each slot and returns the packed ``[(kind, value)]``."""
+    puts ``flat[j].data_ptr()`` at each slot and returns the values in ABI order (their
+    kinds: ``kinds``); sizes and by-value scalars are filled in once."""
 
     def __init__(self, packer, where, fixed):
         self.kinds = packer.kinds
