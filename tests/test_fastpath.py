@@ -317,3 +317,62 @@ def test_parameters_swapped_by_functional_call_or_data():
             outs.append((node(x), node(x), node.v))
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=change)
+
+
+# ---- random model structures stepped one call at a time (tests/strategies.py) ----------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from strategies import structures  # noqa: E402
+from test_structure_fuzz import param_values  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(structures(), st.sampled_from((2, 5)), st.integers(0, 2**16))
+def test_random_structures_stepped_through_the_fast_path(case, T, seed):
+    """Every construct the structure generator draws, stepped in ``step_mode="s"`` (the
+    runner serves every call after the first), on cpu and emulated CUDA, against the torch
+    reference stepped the same way: outputs, final states and every gradient."""
+    model, surrogate, detach, kinds = case
+    n = 7
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(n, generator=gen, dtype=DT) * 0.6 + 0.7 for _ in range(T)]
+    init = {s: torch.rand(n, generator=gen, dtype=DT) * 0.6 - 0.1 for s in model.state_names}
+    if "refractory" in init:
+        init["refractory"] = torch.randint(0, 3, (n,), generator=gen).to(DT)
+    params, learnable = param_values(model, kinds, n)
+    results = {}
+    for backend in ("torch", "cpu", "cuda-emulated"):
+        kw = {k: (nn.Parameter(torch.as_tensor(v, dtype=DT).clone()) if k in learnable else v)
+              for k, v in params.items()}
+        node = model.module(surrogate_function=surrogate, detach_reset=detach,
+                            backend=backend, step_mode="s", **kw)
+        x = [q.clone().requires_grad_() for q in xs]
+        leaves = {s: v.clone().requires_grad_() for s, v in init.items()}
+        for s, v in leaves.items():
+            setattr(node, s, v)
+        out = torch.stack([node(q) for q in x])
+        g = torch.Generator().manual_seed(seed + 1)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=DT)).sum()
+        if seed % 2:
+            for s in model.state_names:
+                f = getattr(node, s)
+                loss = loss + (f * torch.randn(f.shape, generator=g, dtype=DT)).sum()
+        wrt = x + list(leaves.values()) + [getattr(node, k) for k in learnable]
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        grads = [torch.zeros_like(w) if gr is None else gr for gr, w in zip(grads, wrt)]
+        results[backend] = (out.detach(), [getattr(node, s).detach() for s in model.state_names],
+                            grads, "_runner" in node.__dict__)
+    ref = results.pop("torch")
+    for backend, (out, finals, grads, fast) in results.items():
+        assert fast, f"{backend}: no runner was made"
+        msg = f"{backend}\nmodel:\n{model}\nsurrogate {surrogate}, detach_reset={detach}"
+        if model.output is None:
+            assert torch.equal(out, ref[0]), msg
+        else:
+            torch.testing.assert_close(out, ref[0], rtol=1e-10, atol=1e-10, equal_nan=True,
+                                       msg=msg)
+        for a, b in zip(finals, ref[1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True, msg=msg)
+        for a, b in zip(grads, ref[2]):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, equal_nan=True, msg=msg)
