@@ -370,7 +370,12 @@ def test_random_structures_in_a_recurrent_layer_equal_the_torch_loop(case, T, se
     """Every construct the structure generator draws (group memberships, branches and
     clamps, graded outputs, refractory periods, records, learnable and per-neuron
     parameters, every surrogate, detach_reset) through the recurrence."""
+    from test_structure_fuzz import _facts
+    FUZZ_FACTS.update(_facts(case))
     _structure_case(case, T, seed)
+
+
+FUZZ_FACTS = set()  # what the fuzz's cases contained (checked by the test below)
 
 
 def test_carried_output_follows_the_input_dtype_and_is_checked():
@@ -403,3 +408,14 @@ def test_concurrent_emulated_launches_do_not_deadlock():
     with ThreadPoolExecutor(2) as pool:
         got = list(pool.map(lambda layer: layer(x), layers))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_the_recurrent_fuzz_covers_every_construct():
+    """The cases the fuzz above ran (derandomized: the same ones every run) included graded
+    outputs, both refractory kinds, branches in every group and every parameter kind."""
+    if not FUZZ_FACTS:
+        pytest.skip("the recurrent structure fuzz did not run in this session")
+    want = {"output", "refractory literal", "refractory param", "reset with spike"}
+    want |= {f"param {k}" for k in ("float", "neuron", "learnable", "learnable_neuron")}
+    want |= {f"Piecewise in {g}" for g in ("charge", "fire", "reset", "output")}
+    assert want <= FUZZ_FACTS, sorted(want - FUZZ_FACTS)
