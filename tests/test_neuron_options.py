@@ -645,3 +645,48 @@ def test_recording_a_state_named_v_that_does_not_fire_is_refused():
     assert m.module(record=("u",)).record == ("u",)
     with pytest.raises(SpecError, match="state 'v' of 'uv' is not its firing state"):
         m.module(record=("v",))
+
+
+def test_values_read_only_in_conditions_are_saved_as_one_byte_flags():
+    """A refractory counter is read by the backward only as ``refractory > 0``: the forward
+    saves that condition as a uint8 flag (1 byte, not 4) and the backward selects on it;
+    a saved value read in arithmetic stays a value."""
+    from neurogen.config import make_config
+    from neurogen.lower import saved_arrays
+    ref = ng.neuron.LIFNode(refractory=2).model
+    arrays = saved_arrays(ref, make_config(ref, save=True))
+    flags = [a for a in arrays if a.dtype == "u8"]
+    assert [str(a.condition) for a in flags] == ["refractory > 0"]
+    assert "unsigned char" in ref.cpp_source("forward") and \
+        "unsigned char" in ref.cuda_source("backward")
+    plain = ng.neuron.LIFNode().model
+    assert all(a.dtype == "io" for a in saved_arrays(plain, make_config(plain, save=True)))
+    # a declared counter read only in conditions is flagged too; read where the backward
+    # needs its value as well (it lowers v by 0.05 c^2, whose derivative is 0.1 c), it is
+    # saved as a value
+    spec = dict(states={"v": 0.0, "c": 0.0}, params={"tau": 2.0}, fire="v - 1",
+                reset={"v": "(1 - spike_d) * v",
+                       "c": "where(spike > 0, 2, where(c > 0, c - 1, 0))"})
+    counted = ng.NeuronModel("counted", charge={"v": "where(c > 0, v, v + (x - v) / tau)"},
+                             **spec)
+    scaled = ng.NeuronModel("scaled", charge={"v": "where(c > 0, v, v + (x - v) / tau) "
+                                                   "- 0.05 * c * c"}, **spec)
+    assert [a.dtype for a in saved_arrays(counted, make_config(counted, save=True))
+            if a.value.name == "c"] == ["u8"]
+    assert [a.dtype for a in saved_arrays(scaled, make_config(scaled, save=True))
+            if a.value.name == "c"] == ["io"]
+    x = torch.rand(12, 9, dtype=torch.float64) * 3
+    for model in (ref, counted, scaled):
+        want = None
+        for backend in ("torch", "cpu", "cuda-emulated"):
+            node = model.module(backend=backend, step_mode="m")
+            xin = x.clone().requires_grad_()
+            out = node(xin)
+            (out * torch.arange(out.numel()).reshape(out.shape).sin()).sum().backward()
+            got = (out.detach(), xin.grad)
+            if want is None:
+                want = got
+                assert 0 < got[0].mean() < 1
+            else:
+                assert torch.equal(got[0], want[0])
+                torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-10)
