@@ -37,8 +37,7 @@ _PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
 @dataclass(frozen=True)
 class Arg:
     """One kernel argument. ``role``: in/out (pointer), scalar, int32, int64; ``dtype``:
-    io (the tensors' dtype), compute (float/double), u8 (a flag saved as one byte) or
-    index."""
+    io (the tensors' dtype), compute (float/double) or index."""
     name: str
     role: str
     dtype: str
@@ -64,20 +63,11 @@ def arg(group: str, key: str = "") -> Arg:
     return Arg(name(group, key), role, dtype, group, key)
 
 
-def kernel_args(model, kind: str, cfg, bw, arrays=None) -> Tuple[Arg, ...]:
+def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
     """The ordered arguments of the ``forward`` or ``backward`` kernel of ``model`` with
-    configuration ``cfg`` and derived backward ``bw``; ``arrays``: the saved arrays
-    (:func:`neurogen.lower.saved_arrays`; a flag's dtype is ``u8``, one byte)."""
+    configuration ``cfg`` and derived backward ``bw``."""
     states = model.state_names
-    if arrays is None:
-        from .lower import saved_arrays
-        arrays = saved_arrays(model, cfg)
-    saved = [a.key for a in arrays]
-    u8 = {a.key for a in arrays if a.dtype == "u8"}
-
-    def saved_arg(group, k):
-        a = arg(group, k)
-        return Arg(a.name, a.role, "u8", a.group, a.key) if k in u8 else a
+    saved = [saved_key(y) for y in bw.saved]
     params = [arg("param_value" if cfg.kind_of(k) == "scalar" else "param", k)
               for k in model.param_names]
     rec = getattr(cfg, "recurrent", False)
@@ -85,14 +75,14 @@ def kernel_args(model, kind: str, cfg, bw, arrays=None) -> Tuple[Arg, ...]:
         out = [arg("x")] + [arg("init", s) for s in states] + params + [arg("spike")]
         out += [arg("seq", s) for s in cfg.record]
         out += [arg("final", s) for s in states]
-        out += [saved_arg("saved_out", k) for k in saved] if cfg.save else []
+        out += [arg("saved_out", k) for k in saved] if cfg.save else []
         if rec:
             out += [arg("rec_weight_t"), arg("rec_out0")]
             out += [arg("rec_input")] if cfg.save and bw.needs_x else []
     elif kind == "backward":
         params += [arg("surrogate", k) for k in cfg.surrogate.kernel_values()]
         out = [arg("grad_spike")] + [arg("grad_seq", s) for s in cfg.grad_record]
-        out += [arg("grad_final", s) for s in states] + [saved_arg("saved", k) for k in saved]
+        out += [arg("grad_final", s) for s in states] + [arg("saved", k) for k in saved]
         out += [arg("x")] if bw.needs_x else []
         out += [arg("init", s) for s in bw.needs_init]
         out += params + [arg("grad_x")] + [arg("grad_init", s) for s in states]

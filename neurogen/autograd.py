@@ -38,9 +38,7 @@ def run_forward(plan: Plan, x_seq, tensors, rec=None):
     spike_seq = buffers.empty_like(x_seq)
     seqs = [buffers.empty_like(x_seq) for _ in names.seq]
     finals = [torch.empty_like(t) for t in inits]
-    saved = [buffers.empty_like(x_seq) if d is None else torch.empty(x_seq.shape, dtype=d,
-                                                                     device=x_seq.device)
-             for d in names.saved_dtypes] if cfg.save else []
+    saved = [buffers.empty_like(x_seq) for _ in names.saved_out] if cfg.save else []
     values[names.spike] = spike_seq
     values.update(zip(names.seq, seqs))
     values.update(zip(names.final, finals))
@@ -195,7 +193,7 @@ if AVAILABLE:
         out = [torch.empty_like(x_seq) for _ in range(1 + len(plan.cfg.record))]
         out += [torch.empty_like(t) for t in tensors[:n_states]]
         if plan.cfg.save:
-            out += [torch.empty_like(x_seq, dtype=d) for d in plan.names.saved_dtypes]
+            out += [torch.empty_like(x_seq) for _ in plan.backward_info().saved]
         return out
 
     @torch.library.custom_op("neurogen::multistep_backward", mutates_args=())

@@ -176,15 +176,13 @@ def workload_bytes(model, elem, T, N, backward):
     """Minimal bytes of one call (and the saved bytes per neuron-step): inference reads x
     and writes spikes; training also writes the saved values, then reads them back with
     the spike gradient (and x, if the backward needs it) and writes grad_x."""
-    from .lower import saved_arrays
     cfg = make_config(model)
     _, bw = derivation(model, cfg.surrogate, False, ())
-    saved = sum(elem if a.condition is None else 1 for a in saved_arrays(model, cfg))
-    per_step = 2 * elem                      # x in, spike out
+    per_step = 2                             # x in, spike out
     if backward:
-        per_step += saved                    # saved out
-        per_step += (2 + (1 if bw.needs_x else 0)) * elem + saved  # grad, saved in, grad_x
-    return (per_step * T + 2 * len(model.state_names) * elem) * N, saved
+        per_step += len(bw.saved)            # saved out
+        per_step += 2 + len(bw.saved) + (1 if bw.needs_x else 0)  # grad in, saved in, grad_x out
+    return (per_step * T + 2 * len(model.state_names)) * N * elem, len(bw.saved) * elem
 
 
 def shapes(device, quick=False, Ts=None, Ns=None):

@@ -100,13 +100,9 @@ def cmd_show(args):
     step, bw = derivation(model, make_config(model, surrogate=args.surrogate).surrogate,
                        args.detach_reset, learn)
     nbytes = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[args.dtype]
-    from .lower import saved_arrays
-    arrays = saved_arrays(model, make_config(model, surrogate=args.surrogate,
-                                             detach_reset=args.detach_reset, learnable=learn))
-    saved = ", ".join(saved_name(step, a.value) if a.condition is None else
-                      f"[{a.condition}] (a 1-byte flag)" for a in arrays) or "nothing"
-    total = sum(nbytes if a.condition is None else 1 for a in arrays)
-    print(f"\nSaved per neuron-step for the backward: {saved} ({total} bytes in {args.dtype})")
+    saved = ", ".join(saved_name(step, y) for y in bw.saved) or "nothing"
+    print(f"\nSaved per neuron-step for the backward: {saved} "
+          f"({len(bw.saved) * nbytes} bytes in {args.dtype})")
     recomputed = ([f"previous {s}" for s in bw.prev] + [saved_name(step, y) for y in bw.recompute
                                                          if step.state_of(y) is not None]
                   + (["x (re-read)"] if bw.needs_x else []))

@@ -68,7 +68,6 @@ class Runner:
         self.n_tensors = self.n_states + len(params)
         names = plan.names
         self.n_saved = len(names.saved_out)
-        self.saved_dtypes = names.saved_dtypes
         fixed = {names.T: self.T, names.N: self.N}
         # forward: flat = [x, *inits, *params, out, *finals, *saved]
         where = {names.x: 0}
@@ -134,9 +133,8 @@ class Runner:
         out = empty(self.x_shape, dtype=dtype, device=device)
         finals = [torch.empty(self.shape, dtype=dtype, device=device)
                   for _ in range(self.n_states)]
-        saved = [empty((self.T, self.N), dtype=dtype, device=device) if d is None else
-                 torch.empty((self.T, self.N), dtype=d, device=device)
-                 for d in self.saved_dtypes] if self.save else []
+        saved = [empty((self.T, self.N), dtype=dtype, device=device)
+                 for _ in range(self.n_saved)] if self.save else []
         flat = list(flat_in) + [out] + finals + saved
         self.forward_launch(self.forward_binding.fill(flat))
         del x

@@ -9,14 +9,12 @@ the equations' own arithmetic; the backward's spikes come from saved values thro
 same fire statement (:func:`neurogen.derive.plan_values`), while its other recomputed
 values may differ from the forward's in the last bit.
 """
-import dataclasses
 import hashlib
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List
 
 import sympy as sp
 
-from . import abi, cache, dtypes
+from . import abi, dtypes
 from .config import KernelConfig, derivation
 from .derive import G_PARAM, G_PREV, GSPIKE, GX, SG, G, compose
 from .ir import LAST, NEURON, PREV, STEP, ZERO, KernelIR, Let, Load, Set, Store
@@ -119,59 +117,6 @@ def _stage_lets(b: _Builder, step, assignments) -> list:
 REC = sp.Symbol("ng_rec")  # a recurrent kernel's recurrent term of the step (its template's)
 
 
-@dataclass(frozen=True)
-class SavedArray:
-    """One array the forward saves for the backward: a step value (``value``), or, for a
-    value the backward reads only in conditions, one such condition on it as a flag of one
-    byte (``condition``: its 0/1 is stored, the backward selects on it)."""
-    key: str
-    value: sp.Symbol
-    condition: Optional[sp.Basic] = None
-
-    @property
-    def dtype(self) -> str:
-        return "io" if self.condition is None else "u8"
-
-
-def _plain_arrays(bw):
-    return tuple(SavedArray(abi.saved_key(y), y) for y in bw.saved)
-
-
-@cache.memoize("saved arrays", maxsize=256)
-def saved_arrays(model: NeuronModel, cfg: KernelConfig) -> Tuple[SavedArray, ...]:
-    """What the forward saves, decided on the most general backward of ``cfg`` (no zero
-    gradients, every recorded state's gradient): a saved value every statement of that
-    backward reads inside comparisons only, each comparison of it alone and the model's
-    parameters, is saved as one flag per comparison (e.g. a refractory counter read only as
-    ``refractory > 0``: one byte per neuron and step instead of a float)."""
-    step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
-    general = dataclasses.replace(cfg, zero_grads=(), grad_record=cfg.record)
-    parts = _backward(model, step, bw, general, _Builder(model, general), _plain_arrays(bw))
-    statements = [st for st in parts["step"] + parts["first"] if not isinstance(st, Load)]
-    params = {P(k) for k in model.param_names}
-    out = []
-    for a in _plain_arrays(bw):
-        y, held = a.value, sp.Symbol(f"ng_sv_{a.key}")
-        conditions, only = set(), True
-        for st in statements:
-            if isinstance(st, Let) and st.name == y.name:
-                continue  # (the step's own value read from the carried one)
-            found = [r for r in sp.preorder_traversal(st.expr)
-                     if isinstance(r, sp.core.relational.Relational)
-                     and r.free_symbols & {y, held}]
-            rest = st.expr.xreplace({r: sp.true for r in found})
-            if rest.free_symbols & {y, held}:
-                only = False
-                break
-            conditions.update(r.xreplace({held: y}) for r in found)
-        if only and conditions and all(r.free_symbols <= {y} | params for r in conditions):
-            out += [SavedArray(f"ng_if{j}_{a.key}", y, r)
-                    for j, r in enumerate(sorted(conditions, key=sp.srepr))]
-        else:
-            out.append(a)
-    return tuple(out)
-
-
 def _input(model, cfg, array):
     """The step's input: ``array[t]``, in a recurrent kernel plus the recurrent term."""
     if not cfg.recurrent:
@@ -179,7 +124,7 @@ def _input(model, cfg, array):
     return [Load("ng_xin", array, STEP), Let(model.input_name, sp.Symbol("ng_xin") + REC)]
 
 
-def _forward(model, step, bw, cfg, b, arrays):
+def _forward(model, step, bw, cfg, b):
     name = abi.name
     body = _input(model, cfg, name("x"))
     if cfg.recurrent and cfg.save and bw.needs_x:  # the backward reads the total input
@@ -187,9 +132,7 @@ def _forward(model, step, bw, cfg, b, arrays):
     body += _stage_lets(b, step, list(step.assignments))
     if cfg.save:
         # stored before the state updates below, which overwrite a state's previous value
-        body += [Store(name("saved_out", a.key), STEP, a.value if a.condition is None
-                       else sp.Piecewise((sp.Integer(1), a.condition), (sp.Integer(0), True)))
-                 for a in arrays]
+        body += [Store(name("saved_out", abi.saved_key(y)), STEP, y) for y in bw.saved]
     body += [Set(s, step.final[s]) for s in model.state_names if step.final[s] != P(s)]
     body.append(Store(name("spike"), STEP, step.output))
     body += [Store(name("seq", s), STEP, P(s)) for s in cfg.record]  # (after reset)
@@ -213,37 +156,29 @@ def zero_gradients(model, bw, cfg):
         zero = keep
 
 
-def _backward(model, step, bw, cfg, b, arrays):
+def _backward(model, step, bw, cfg, b):
     name = abi.name
     zero = zero_gradients(model, bw, cfg)
     zsubs = {G(q): sp.Integer(0) for q in zero}
     states = tuple(s for s in model.state_names if s not in zero)  # (gradients carried)
-    sv = {a.key: sp.Symbol(f"ng_sv_{a.key}") for a in arrays}  # carried: step t's saved
-    plain = {a.value: sv[a.key] for a in arrays if a.condition is None}
-    flags = [a for a in arrays if a.condition is not None]
-    flagged = {a.value for a in flags}
-    # a flagged value's comparisons: on step t's flag (ng_fl_*), or in the rebuild of step
-    # t-1's states on the carried one (ng_sv_*, then holding step t-1's)
-    current = {a.condition: sp.Ne(sp.Symbol(f"ng_fl_{a.key}"), 0) for a in flags}
-    previous = {a.condition: sp.Ne(sv[a.key], 0) for a in flags}
+    sv = {y: sp.Symbol(f"ng_sv_{abi.saved_key(y)}") for y in bw.saved}
     before = [Load(str(G(s)), name("grad_final", s), NEURON, "var") for s in states]
-    before += [Load(str(sv[a.key]), name("saved", a.key), LAST, "var") for a in arrays]
+    before += [Load(str(sv[y]), name("saved", abi.saved_key(y)), LAST, "var") for y in bw.saved]
     before += [Let(f"ng_acc_{k}", sp.Integer(0), var=True) for k in bw.learnable]
     saved = set(bw.saved)
-    prev = {s: compose(step, step.final[s], saved).xreplace(previous).xreplace(plain)
-            for s in bw.prev}
-    u_prev = compose(step, U, saved).xreplace(previous).xreplace(plain) \
-        if any(e.has(spike) for e in prev.values()) else None
+    prev = {s: compose(step, step.final[s], saved).xreplace(sv) for s in bw.prev}
+    u_prev = compose(step, U, saved).xreplace(sv) if any(e.has(spike) for e in prev.values()) \
+        else None
 
     def body(first):
         out = [Load(c, name("init", c), NEURON) for c in bw.constant]
-        out += [Let(str(a.value), sv[a.key]) for a in arrays if a.condition is None]
-        out += [Let(f"ng_fl_{a.key}", sv[a.key]) for a in flags]
+        out += [Let(str(y), sv[y]) for y in bw.saved]
         if first:
             out += [Load(s, name("init", s), NEURON) for s in bw.prev]
         else:
             # step t reads V[t] (carried in ng_sv_*) and loads step t-1's for the rebuild
-            out += [Load(str(sv[a.key]), name("saved", a.key), PREV, "set") for a in arrays]
+            out += [Load(str(sv[y]), name("saved", abi.saved_key(y)), PREV, "set")
+                    for y in bw.saved]
             rebuilt = dict(prev)
             if u_prev is not None:
                 out += b.lets([(PU, u_prev)])
@@ -271,13 +206,6 @@ def _backward(model, step, bw, cfg, b, arrays):
         out.append(Store(name("grad_x"), STEP, GX))
         out += [Set(f"ng_acc_{k}", G_PARAM(k), accumulate=True) for k in bw.learnable]
         out += [Set(str(G(s)), G_PREV(s)) for s in states]
-        if flags:
-            out = [st if isinstance(st, Load) else
-                   dataclasses.replace(st, expr=st.expr.xreplace(current)) for st in out]
-            left = [st for st in out if not isinstance(st, Load)
-                    and st.expr.free_symbols & flagged]
-            if left:  # (saved_arrays decided on another backward of this configuration)
-                raise AssertionError(f"a flagged saved value is still read: {left[0]}")
         return out
 
     inner, first = body(False), body(True)
@@ -285,7 +213,7 @@ def _backward(model, step, bw, cfg, b, arrays):
              for s in model.state_names]
     after += [Store(name("grad_param", k), NEURON, sp.Symbol(f"ng_acc_{k}"))
               for k in bw.learnable]
-    carried = ([str(G(s)) for s in states] + [str(sv[a.key]) for a in arrays]
+    carried = ([str(G(s)) for s in states] + [str(sv[y]) for y in bw.saved]
                + [f"ng_acc_{k}" for k in bw.learnable])
     return dict(before=before, step=inner, first=first, after=after, carried=carried)
 
@@ -294,13 +222,12 @@ def lower(model: NeuronModel, kind: str, dtype: str, cfg: KernelConfig) -> Kerne
     """The IR of ``model``'s ``forward`` or ``backward`` kernel for tensors of ``dtype``."""
     compute = dtypes.compute_type(dtype)
     step, bw = derivation(model, cfg.surrogate, cfg.detach_reset, cfg.learnable)
-    arrays = saved_arrays(model, cfg)
-    args = abi.kernel_args(model, kind, cfg, bw, arrays)
+    args = abi.kernel_args(model, kind, cfg, bw)
     b = _Builder(model, cfg)
     if kind == "forward":
-        parts = _forward(model, step, bw, cfg, b, arrays)
+        parts = _forward(model, step, bw, cfg, b)
     elif kind == "backward":
-        parts = _backward(model, step, bw, cfg, b, arrays)
+        parts = _backward(model, step, bw, cfg, b)
     else:
         raise ValueError(f"kernel kind must be 'forward' or 'backward', not {kind!r}")
     uniform, per_neuron, names = b.constants()
@@ -311,4 +238,4 @@ def lower(model: NeuronModel, kind: str, dtype: str, cfg: KernelConfig) -> Kerne
                     per_neuron=per_neuron, constants=names, recurrent=cfg.recurrent, **parts)
 
 
-__all__ = ["lower", "select", "saved_arrays", "SavedArray", "DTYPES"]
+__all__ = ["lower", "select", "DTYPES"]

@@ -114,11 +114,7 @@ class Names:
     def __init__(self, plan: Plan):
         n = abi.name
         states, bw = plan.model.state_names, plan.backward_info()
-        from .lower import saved_arrays
-        arrays = saved_arrays(plan.model, plan.cfg)
-        saved = [a.key for a in arrays]
-        # the saved arrays' torch dtypes (None: the input's; flags: one byte)
-        self.saved_dtypes = [torch.uint8 if a.dtype == "u8" else None for a in arrays]
+        saved = [abi.saved_key(y) for y in bw.saved]
         self.x, self.T, self.N = n("x"), n("T"), n("N")
         self.spike = n("spike")
         self.seq = [n("seq", s) for s in plan.cfg.record]

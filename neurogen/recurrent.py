@@ -297,8 +297,8 @@ if AVAILABLE:
         out = [torch.empty_like(x_seq) for _ in range(1 + len(plan.cfg.record))]
         out += [torch.empty_like(t) for t in tensors[:n_states]]
         if plan.cfg.save:
-            out += [torch.empty_like(x_seq, dtype=d) for d in plan.names.saved_dtypes]
-            out += [torch.empty_like(x_seq)] if plan.backward_info().needs_x else []
+            bw = plan.backward_info()
+            out += [torch.empty_like(x_seq) for _ in range(len(bw.saved) + bw.needs_x)]
         return out
 
     @torch.library.custom_op("neurogen::recurrent_backward", mutates_args=())

@@ -47,7 +47,7 @@ def signature(args: List[Arg]) -> List[str]:
         if isinstance(a, LaunchArg):
             out.append(f"{a.ctype} {a.name}")
         elif a.role in ("in", "out"):
-            ctype = {"io": "io_t", "u8": "unsigned char"}.get(a.dtype, "compute_t")
+            ctype = "io_t" if a.dtype == "io" else "compute_t"
             const = "const " if a.role == "in" else ""
             out.append(f"{const}{ctype}* __restrict__ {a.name}")
         elif a.role == "scalar":
@@ -65,7 +65,6 @@ class CLines:
     def __init__(self, ir, guard: str = None):
         self.printer = KernelPrinter(ir.compute)
         self.io: Dict[str, bool] = {a.name: a.dtype == "io" for a in ir.args}
-        self.u8 = {a.name for a in ir.args if a.dtype == "u8"}  # flags of one byte
         self.guard = guard  # a condition every store is made under (idle CUDA threads)
 
     def expr(self, e) -> str:
@@ -79,8 +78,6 @@ class CLines:
             value = f"{st.array}[{INDEX[st.at]}]"
             if self.io[st.array]:
                 value = f"ng_ld({value})"
-            elif st.array in self.u8:
-                value = f"(compute_t){value}"
             decl = {"const": "const compute_t ", "var": "compute_t ", "set": ""}[st.mode]
             return f"{decl}{st.name} = {value};"
         if isinstance(st, Let):
@@ -91,8 +88,6 @@ class CLines:
             value = self.expr(st.expr)
             if self.io[st.array]:
                 value = f"ng_io({value})"
-            elif st.array in self.u8:
-                value = f"(unsigned char)({value})"
             line = f"{st.array}[{INDEX[st.at]}] = {value};"
             return line if self.guard is None else f"if ({self.guard}) {line}"
         raise TypeError(f"not an IR statement: {st!r}")
