@@ -129,16 +129,17 @@ class MultiStep(torch.autograd.Function):
 
 def multi_step(module, target, dtype, kinds, learnable, needs_grad, tensor_params, scalars,
                x2d, tensors):
-    """The outputs of one call: eagerly through :class:`MultiStep`, or, inside a
-    ``torch.compile`` graph, as the custom op (its plan made outside the graph)."""
+    """``(outputs of one call, its plan)``: eagerly through :class:`MultiStep`, or, inside
+    a ``torch.compile`` graph, as the custom op (its plan made outside the graph; None
+    returned for it)."""
     if compiling():
         key, values = _compiled_plan(module, target.name, dtype, tuple(kinds.items()),
                                      tuple(learnable), needs_grad, tuple(tensor_params),
                                      tuple(scalars))
-        return torch.ops.neurogen.multistep(key, x2d, list(tensors), list(values))
+        return torch.ops.neurogen.multistep(key, x2d, list(tensors), list(values)), None
     plan = plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
                     scalars)
-    return MultiStep.apply(plan, x2d, *tensors)
+    return MultiStep.apply(plan, x2d, *tensors), plan
 
 
 # ---- torch.compile ------------------------------------------------------------------------

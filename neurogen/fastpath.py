@@ -22,7 +22,7 @@ import torch
 
 from . import buffers, cache, dtypes, targets
 from .targets import host_compiler
-from .targets.cpu import LAUNCH_ARGS, cpu_blocks, launch_cpu, scratch
+from .targets.cpu import LAUNCH_ARGS, cpu_layout, launch_cpu, scratch
 
 _LAUNCH_KINDS = [a.kind for a in LAUNCH_ARGS]
 
@@ -53,7 +53,7 @@ class _Binding:
 class Runner:
     """What calls of one module configuration need (see the module docstring)."""
 
-    def __init__(self, module, plan, x, shape, states, params, prepared, key):
+    def __init__(self, plan, x, shape, params, prepared, key):
         self.key = key
         self.plan = plan
         self.module_states = plan.model.state_names
@@ -90,12 +90,8 @@ class Runner:
         """A function running ``kernel`` on a filled argument list."""
         target, N, T, device = self.plan.target, self.N, self.T, self.device
         if target.name == "cpu":
-            workers = max(1, min(torch.get_num_threads(), -(-N // 16)))
-            if N * T < 1 << 15:
-                workers = 1
             facts = kernel.launch
-            size, blocks = cpu_blocks(N, facts["max_block"], workers)
-            workers = min(workers, blocks)
+            size, blocks, workers = cpu_layout(kernel, N, T)
             if workers == 1 or facts["openmp"]:
                 fn, nbytes = kernel.fn, workers * facts["array_bytes"] * size
                 if fn.argtypes is None:
@@ -295,7 +291,7 @@ def build(module, x, target, plan, shape, states_before, param_values):
             prepared.append(lambda v, c=compute, sh=tuple(shape), n=n:
                             v.to(c).expand(sh).reshape(n).contiguous())
     key = call_key(module, x, states_before, params)
-    return Runner(module, plan, x, shape, states_before, params, prepared, key)
+    return Runner(plan, x, shape, params, prepared, key)
 
 
 __all__ = ["Runner", "FastStep", "try_call", "build", "call_key"]

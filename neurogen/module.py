@@ -271,17 +271,8 @@ class NeuronModule(nn.Module):
             init = self._initial_states(x_seq, shape, params)
             current = {s: (init[s] if v is None else v) for s, v in current.items()}
         for s, v in current.items():
-            if not isinstance(v, torch.Tensor):
-                current[s] = _full(shape, v, x_seq)
-            elif v.shape != shape:
-                raise ValueError(f"state {s!r} has shape {tuple(v.shape)} but the input's neuron "
-                                 f"shape is {tuple(shape)}; call reset() before changing the "
-                                 "batch or neuron shape")
-            elif v.device != x_seq.device:
-                raise ValueError(f"state {s!r} is on {v.device} but the input is on "
-                                 f"{x_seq.device}; call reset() or move the module")
-            elif v.dtype != x_seq.dtype:
-                current[s] = v.to(x_seq.dtype)
+            current[s] = (_full(shape, v, x_seq) if not isinstance(v, torch.Tensor)
+                          else carried(v, f"state {s!r}", shape, x_seq, "module"))
         return current
 
     # ---- running --------------------------------------------------------------------
@@ -355,6 +346,20 @@ class NeuronModule(nn.Module):
 # shows them; a model parameter may not take one of these names)
 MODULE_OPTIONS = {n: p.default for n, p in inspect.signature(NeuronModule.__init__).parameters
                   .items() if n not in ("self", "model") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+def carried(value, what, shape, x, owner):
+    """A tensor carried from the previous call (a state, a recurrent layer's last output)
+    for a call on ``x``: of the neuron shape ``shape`` and on ``x``'s device (else a
+    ValueError naming ``what`` and the fix), converted to ``x``'s dtype."""
+    if value.shape != shape:
+        raise ValueError(f"{what} has shape {tuple(value.shape)} but the input's neuron shape "
+                         f"is {tuple(shape)}; call reset() before changing the batch or neuron "
+                         "shape")
+    if value.device != x.device:
+        raise ValueError(f"{what} is on {value.device} but the input is on {x.device}; call "
+                         f"reset() or move the {owner}")
+    return value if value.dtype == x.dtype else value.to(x.dtype)
+
 
 def _detached(memories, graph_only=False):
     """``memories`` with tensors detached (with ``graph_only``: only those inside a graph)."""

@@ -235,30 +235,61 @@ def plan_for(module, target, dtype, kinds, learnable, needs_grad, tensor_params,
     return PLANS.get(key, build)
 
 
-def run_kernels(target, module, x_seq, states, params):
-    """A multi-step call of ``module`` on ``target``'s kernels: ``(output_seq, {recorded
-    state: its values}, {state: final})`` shaped like the input."""
-    model = module.model
+@dataclass
+class CallInputs:
+    """A kernel call's inputs, flattened: what :func:`run_kernels` and a recurrent layer's
+    call (:mod:`neurogen.recurrent`) both pass to their plans."""
+    T: int
+    N: int
+    dtype: str                  # the tensors' dtype name
+    compute: torch.dtype        # the parameters' (compute) dtype
+    scalars: list
+    tensor_params: list
+    kinds: dict
+    tensors: list               # the parameter tensors, as the kernels read them
+    learnable: list             # (empty unless the call needs a backward)
+    needs_grad: bool
+    inits: list                 # the initial states [N], contiguous
+    x2d: torch.Tensor           # [T, N], contiguous
+
+
+def call_inputs(model, x_seq, states, params, others_need_grad=False) -> CallInputs:
+    """The flattened inputs of a call of ``model`` on ``x_seq`` ``[T, *shape]``;
+    ``others_need_grad``: a tensor besides these (a recurrent weight) wants a gradient."""
     T, shape = x_seq.shape[0], x_seq.shape[1:]
     N = math.prod(shape)
     dtype = dtypes.NAMES[x_seq.dtype]
     compute = dtypes.compute_dtype(dtype)
     scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
     needs_grad = torch.is_grad_enabled() and (
-        x_seq.requires_grad or bool(learnable) or any(s.requires_grad for s in states.values()))
+        x_seq.requires_grad or bool(learnable) or others_need_grad
+        or any(s.requires_grad for s in states.values()))
     inits = [as_shape(states[s], (N,)).contiguous() for s in model.state_names]
-    x2d = as_shape(x_seq, (T, N)).contiguous()
-    out = autograd.multi_step(module, target, dtype, kinds, learnable if needs_grad else [],
-                              needs_grad, tensor_params, scalars, x2d, inits + tensors)
-    if not autograd.compiling():  # (the module's fast path for its next call starts from it)
-        module.__dict__["_last_plan"] = plan_for(
-            module, target, dtype, kinds, learnable if needs_grad else [], needs_grad,
-            tensor_params, scalars)
-    n_rec = len(module.record)
-    seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(module.record, out[1:1 + n_rec])}
+    return CallInputs(T, N, dtype, compute, scalars, tensor_params, kinds, tensors,
+                      learnable if needs_grad else [], needs_grad, inits,
+                      as_shape(x_seq, (T, N)).contiguous())
+
+
+def call_outputs(model, record, out, x_shape):
+    """``(output_seq, {recorded state: its values}, {state: final})`` shaped like the
+    input, from a kernel call's flat outputs ``[output, *recorded, *finals]``."""
+    n_rec = len(record)
+    seqs = {s: as_shape(q, x_shape) for s, q in zip(record, out[1:1 + n_rec])}
     finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]
-    finals = {s: as_shape(f, shape) for s, f in zip(model.state_names, finals)}
-    return as_shape(out[0], x_seq.shape), seqs, finals
+    finals = {s: as_shape(f, x_shape[1:]) for s, f in zip(model.state_names, finals)}
+    return as_shape(out[0], x_shape), seqs, finals
+
+
+def run_kernels(target, module, x_seq, states, params):
+    """A multi-step call of ``module`` on ``target``'s kernels: ``(output_seq, {recorded
+    state: its values}, {state: final})`` shaped like the input."""
+    c = call_inputs(module.model, x_seq, states, params)
+    out, plan = autograd.multi_step(module, target, c.dtype, c.kinds, c.learnable,
+                                    c.needs_grad, c.tensor_params, c.scalars, c.x2d,
+                                    c.inits + c.tensors)
+    if plan is not None:  # (the module's fast path for its next call starts from it)
+        module.__dict__["_last_plan"] = plan
+    return call_outputs(module.model, module.record, out, x_seq.shape)
 
 
 def as_shape(t, shape):
@@ -267,6 +298,7 @@ def as_shape(t, shape):
     return t if t.shape == tuple(shape) else t.reshape(shape)
 
 
-__all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "as_shape"]
+__all__ = ["Plan", "PLANS", "classify", "plan_for", "run_kernels", "call_inputs",
+           "call_outputs", "CallInputs", "as_shape"]
 
 from . import autograd  # noqa: E402  (it imports this module's plan cache)

@@ -21,10 +21,10 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from . import buffers, dtypes, reference, targets
+from . import buffers, reference, targets
 from .autograd import AVAILABLE, _compiled_plan, _plan, compiling, run_backward, run_forward
-from .module import NeuronModule, _check_input, _target_when_compiling
-from .plan import PLANS, as_shape, classify, plan_for
+from .module import NeuronModule, _check_input, _target_when_compiling, carried
+from .plan import PLANS, as_shape, call_inputs, call_outputs, plan_for
 from .spec.model import NeuronModel
 
 
@@ -142,15 +142,8 @@ class RecurrentLayer(nn.Module):
         if out0 is None:
             out0 = buffers.constant(shape, 0.0, x_seq.dtype, x_seq.device) if not compiling() \
                 else torch.zeros(shape, dtype=x_seq.dtype, device=x_seq.device)
-        elif out0.shape != shape:
-            raise ValueError(f"the carried output has shape {tuple(out0.shape)} but the input's "
-                             f"step has shape {tuple(shape)}; call reset() before changing "
-                             "the batch")
-        elif out0.device != x_seq.device:
-            raise ValueError(f"the carried output is on {out0.device} but the input is on "
-                             f"{x_seq.device}; call reset() or move the layer")
-        elif out0.dtype != x_seq.dtype:  # (a chunk in another dtype: as the states are)
-            out0 = out0.to(x_seq.dtype)
+        else:  # (a chunk in another dtype: converted, as the states are)
+            out0 = carried(out0, "the carried output (layer.out)", shape, x_seq, "layer")
         if compiling():
             target = targets.get(_target_when_compiling(node, x_seq))
         else:
@@ -207,32 +200,20 @@ def _torch_loop(node, x_seq, W, out0, states, params):
 
 def _kernels(node, target, x_seq, W, out0, states, params):
     model, H = node.model, x_seq.shape[-1]
-    T, shape = x_seq.shape[0], x_seq.shape[1:]
-    N = math.prod(shape)
-    dtype = dtypes.NAMES[x_seq.dtype]
-    compute = dtypes.compute_dtype(dtype)
-    scalars, tensor_params, kinds, tensors, learnable = classify(params, shape, compute)
-    needs_grad = torch.is_grad_enabled() and (
-        x_seq.requires_grad or bool(learnable) or W.requires_grad or out0.requires_grad
-        or any(s.requires_grad for s in states.values()))
-    inits = [as_shape(states[s], (N,)).contiguous() for s in model.state_names]
-    x2d = as_shape(x_seq, (T, N)).contiguous()
-    learnable = learnable if needs_grad else []
-    W, out0 = W.to(compute), as_shape(out0, (N,)).contiguous()
+    c = call_inputs(model, x_seq, states, params,
+                    others_need_grad=W.requires_grad or out0.requires_grad)
+    W, out0 = W.to(c.compute), as_shape(out0, (c.N,)).contiguous()
     if compiling():
-        key, values = _compiled_plan(node, target.name, dtype, tuple(kinds.items()),
-                                     tuple(learnable), needs_grad, tuple(tensor_params),
-                                     tuple(scalars), True)
-        out = torch.ops.neurogen.recurrent(key, H, x2d, W, out0, inits + tensors, list(values))
+        key, values = _compiled_plan(node, target.name, c.dtype, tuple(c.kinds.items()),
+                                     tuple(c.learnable), c.needs_grad, tuple(c.tensor_params),
+                                     tuple(c.scalars), True)
+        out = torch.ops.neurogen.recurrent(key, H, c.x2d, W, out0, c.inits + c.tensors,
+                                           list(values))
     else:
-        plan = plan_for(node, target, dtype, kinds, learnable, needs_grad, tensor_params,
-                        scalars, recurrent=True)
-        out = Recurrent.apply(plan, H, x2d, W, out0, *inits, *tensors)
-    n_rec = len(node.record)
-    seqs = {s: as_shape(q, x_seq.shape) for s, q in zip(node.record, out[1:1 + n_rec])}
-    finals = out[1 + n_rec:1 + n_rec + len(model.state_names)]
-    finals = {s: as_shape(f, shape) for s, f in zip(model.state_names, finals)}
-    return as_shape(out[0], x_seq.shape), seqs, finals
+        plan = plan_for(node, target, c.dtype, c.kinds, c.learnable, c.needs_grad,
+                        c.tensor_params, c.scalars, recurrent=True)
+        out = Recurrent.apply(plan, H, c.x2d, W, out0, *c.inits, *c.tensors)
+    return call_outputs(model, node.record, out, x_seq.shape)
 
 
 class Recurrent(torch.autograd.Function):

@@ -149,9 +149,7 @@ class CpuTarget(KernelTarget):
                               arrays=[a for a in arrays if a in sg["arrays"]])
 
         step, sg_step = loop(ir.step)
-        # a recurrent kernel's term per neuron; the forward's list of nonzero sources
-        scratch = (["ng_rec"] + (["ng_act", "ng_val"] if ir.kind == "forward" else [])
-                   if ir.recurrent else [])
+        scratch = scratch_arrays(ir)
         first, sg_first = loop(ir.first) if ir.first is not None else (None, None)
         ctx.update(signature=signature(list(ir.args) + list(LAUNCH_ARGS)),
                    uniform=lines(ir.uniform), per_neuron=lines(ir.per_neuron),
@@ -165,8 +163,7 @@ class CpuTarget(KernelTarget):
 
     def compile(self, ir, source, device) -> Kernel:
         fn, openmp = host_compiler.compile_kernel(source, ir.name, fma=ir.compute == "float")
-        arrays = len(ir.constants) + len(ir.carried) + (
-            (3 if ir.kind == "forward" else 1) if ir.recurrent else 0)
+        arrays = len(ir.constants) + len(ir.carried) + len(scratch_arrays(ir))
         size = 8 if ir.compute == "double" else 4
         return Kernel(fn, ir, source, launch=dict(
             max_block=max_block(arrays, ir.compute), array_bytes=arrays * size, openmp=openmp))
@@ -176,6 +173,15 @@ class CpuTarget(KernelTarget):
 
     def launch_recurrent(self, kernel, packed, n, T, H, device):
         launch_cpu(kernel, packed, n, T, unit=H)
+
+
+def scratch_arrays(ir) -> List[str]:
+    """The per-neuron block arrays a kernel needs besides its carried variables and
+    constants: a recurrent kernel's term per neuron, and its forward's list of nonzero
+    sources (indices and values)."""
+    if not ir.recurrent:
+        return []
+    return ["ng_rec"] + (["ng_act", "ng_val"] if ir.kind == "forward" else [])
 
 
 def recurrent_context(ir) -> dict:
@@ -204,17 +210,11 @@ def cpu_blocks(n: int, max_block: int, workers: int):
     return size, -(-n // size)
 
 
-def launch_cpu(kernel: Kernel, packed: List, n: int, T: int, unit: int = 0):
-    """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
-    over neuron blocks (when built with OpenMP, see
-    :func:`~neurogen.targets.host_compiler.cpu_threading`) or, otherwise, blocks split
-    over Python threads (ctypes releases the GIL during the call). Each thread's block
-    arrays live in the calling thread's scratch buffer (:func:`scratch`) rather than on
-    the threads' stacks."""
+def cpu_layout(kernel: Kernel, n: int, T: int, unit: int = 0):
+    """``(block size, number of blocks, threads)`` of a call of ``kernel`` over ``n``
+    neurons and ``T`` steps on ``torch.get_num_threads()`` threads; ``unit``: a recurrent
+    kernel's sequence length (blocks of whole sequences)."""
     import torch
-    workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
-    if n * T < 1 << 15:
-        workers = 1  # too small to pay for waking threads
     facts = kernel.launch
     if unit:  # a recurrent kernel: blocks of whole sequences of `unit` neurons
         workers = max(1, min(torch.get_num_threads(), n // unit))
@@ -225,8 +225,22 @@ def launch_cpu(kernel: Kernel, packed: List, n: int, T: int, unit: int = 0):
         per_block = -(-seqs // (workers * per_worker_blocks))
         size, blocks = per_block * unit, -(-seqs // per_block)
     else:
+        workers = max(1, min(torch.get_num_threads(), -(-n // 16)))
+        if n * T < 1 << 15:
+            workers = 1  # too small to pay for waking threads
         size, blocks = cpu_blocks(n, facts["max_block"], workers)
-    workers = min(workers, blocks)
+    return size, blocks, min(workers, blocks)
+
+
+def launch_cpu(kernel: Kernel, packed: List, n: int, T: int, unit: int = 0):
+    """Call a C++ kernel on ``torch.get_num_threads()`` threads: its own OpenMP loop
+    over neuron blocks (when built with OpenMP, see
+    :func:`~neurogen.targets.host_compiler.cpu_threading`) or, otherwise, blocks split
+    over Python threads (ctypes releases the GIL during the call). Each thread's block
+    arrays live in the calling thread's scratch buffer (:func:`scratch`) rather than on
+    the threads' stacks."""
+    facts = kernel.launch
+    size, blocks, workers = cpu_layout(kernel, n, T, unit)
     stride = facts["array_bytes"] * size
     base = scratch(workers * stride)
     fn = kernel.fn
@@ -273,4 +287,4 @@ def _pool(workers):
 
 
 __all__ = ["CpuTarget", "TYPES", "BLOCK", "ARRAY_BUDGET", "LAUNCH_ARGS", "max_block",
-           "cpu_blocks", "launch_cpu", "scratch", "surrogate_pass", "separate_surrogate"]
+           "cpu_blocks", "cpu_layout", "launch_cpu", "scratch", "surrogate_pass", "separate_surrogate"]

@@ -173,35 +173,35 @@ class CudaTarget(KernelTarget):
 
     def launch(self, kernel, packed, n, T, device):
         """On torch's current stream of ``device`` (no copies, no host sync)."""
-        import numpy as np
-        import torch
-        cp = cupy()
-        conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
-                "i64": np.int64}
         grid, block = launch_config(n)
-        with cp.cuda.Device(_index(device)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # ExternalStream, CuPy >= 14
-                stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-            kernel.fn((grid,), (block,), tuple(conv[k](v) for k, v in packed), stream=stream)
+        _call(kernel, (grid,), (block,), packed, device)
 
     def launch_recurrent(self, kernel, packed, n, T, H, device):
         """One block per sequence (``n // H`` of them), one thread per neuron."""
-        import numpy as np
-        import torch
         cp = cupy()
-        conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
-                "i64": np.int64}
         with cp.cuda.Device(_index(device)) as dev:
             # the device's limit, and the kernel's own (its registers per thread)
             limit = min(dev.attributes["MaxThreadsPerBlock"],
                         getattr(kernel.fn, "max_threads_per_block", 1 << 30))
-            threads, shared = recurrent_launch(H, kernel.ir.compute, limit)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-            kernel.fn((n // H,), (threads,), tuple(conv[k](v) for k, v in packed),
-                      stream=stream, shared_mem=shared)
+        threads, shared = recurrent_launch(H, kernel.ir.compute, limit)
+        _call(kernel, (n // H,), (threads,), packed, device, shared)
+
+
+def _call(kernel, grid, block, packed, device, shared=0):
+    """Launch ``kernel`` on torch's current stream of ``device`` with the packed
+    ``[(kind, value)]`` arguments converted to CuPy's scalar types."""
+    import numpy as np
+    import torch
+    cp = cupy()
+    conv = {"ptr": np.uint64, "f32": np.float32, "f64": np.float64, "i32": np.int32,
+            "i64": np.int64}
+    with cp.cuda.Device(_index(device)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # ExternalStream, CuPy >= 14
+            stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+        kernel.fn(grid, block, tuple(conv[k](v) for k, v in packed), stream=stream,
+                  shared_mem=shared)
+
 
 __all__ = ["CudaTarget", "TYPES", "BLOCK", "launch_config", "cupy", "include_dirs",
            "nvrtc_options", "compile_ptx", "render_cuda", "recurrent_launch"]
