@@ -25,6 +25,12 @@ GROUPS = {
     "rec_weight": ("in", "compute"), "rec_weight_t": ("in", "compute"),
     "rec_out0": ("in", "io"), "rec_input": ("out", "io"), "H": ("int64", "index"),
 }
+# Pointer groups a caller may bind to the same array: the backward may write ``grad_x``
+# over one of its saved arrays (autograd.saved_for_grad_x: the graph is freed after the
+# backward, so nothing reads them again). Safe because a backward reads the saved values
+# of step t (at t, or at t + 1 one step ahead) before it writes grad_x[t], and never reads
+# a later step's; these pointers are declared without ``__restrict__``.
+MAY_ALIAS = ("grad_x", "saved")
 _PREFIX = {"x": "x_seq", "init": "init_", "param": "p_", "param_value": "p_",
            "surrogate": "", "spike": "spike_seq", "seq": "ng_seq_", "final": "final_",
            "saved_out": "saved_", "saved": "saved_", "grad_spike": "grad_spike_seq",
@@ -93,4 +99,4 @@ def kernel_args(model, kind: str, cfg, bw) -> Tuple[Arg, ...]:
     return tuple(out + [arg("T"), arg("N")] + ([arg("H")] if rec else []))
 
 
-__all__ = ["Arg", "GROUPS", "arg", "name", "saved_key", "kernel_args"]
+__all__ = ["Arg", "GROUPS", "MAY_ALIAS", "arg", "name", "saved_key", "kernel_args"]

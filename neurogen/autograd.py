@@ -54,10 +54,35 @@ def run_forward(plan: Plan, x_seq, tensors, rec=None):
     return [spike_seq, *seqs, *finals], saved
 
 
-def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals, rec=None):
+# torch's "this backward frees the graph after it" flag (True outside a backward); the
+# private accessor torch's own AOT autograd reads for the same purpose (torch >= 2.1)
+_KEEP_GRAPH = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
+
+
+def saved_for_grad_x(saved, shape, dtype, device):
+    """The saved array the backward may write ``grad_x`` over, or None. Only when the
+    running backward frees the graph afterwards (no ``retain_graph``, no
+    ``create_graph``): then no later backward reads the saved values, and the kernel reads
+    each step's saved values before it writes that step's ``grad_x`` (abi.MAY_ALIAS). The
+    gradient then takes no buffer of its own, and on the CPU its stores hit cache lines
+    the kernel has just read instead of fresh ones (PERF_NOTES.md 32). ``saved`` as the
+    backward received them: a saved-tensor hook may have given back another tensor, which
+    must still be a dense ``shape`` array of ``dtype`` on ``device``."""
+    if not saved or _KEEP_GRAPH():
+        return None
+    t = saved[0]
+    if (t.dtype != dtype or t.device != device or tuple(t.shape) != tuple(shape)
+            or not t.is_contiguous() or t.requires_grad):
+        return None
+    return t
+
+
+def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals, rec=None,
+                 grad_x=None):
     """Run the backward kernel; ``None`` gradients count as zeros (``g_seqs``: one per
     recorded state). ``rec``: a recurrent plan's ``(H, weight)``; its ``x_seq`` is the
-    total input the forward stored.
+    total input the forward stored. ``grad_x``: where to write the input's gradient
+    (:func:`saved_for_grad_x`), else a new buffer.
 
     Returns ``(grad_x, [grad of each initial state], [grad of each parameter tensor or
     None])``."""
@@ -80,7 +105,8 @@ def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals, r
     values.update(zip(names.saved, saved))
     values.update((name, tensors[i]) for i, name in names.needs_init)
     values.update(zip(names.param, tensors[n_states:]))
-    grad_x = buffers.empty((T, N), **io)
+    if grad_x is None:
+        grad_x = buffers.empty((T, N), **io)
     grad_init = [torch.empty(N, **io) for _ in range(n_states)]
     compute = dtypes.compute_dtype(plan.dtype)
     grad_p = {k: torch.empty(N, dtype=compute, device=io["device"]) for k in cfg.learnable}
@@ -122,8 +148,10 @@ class MultiStep(torch.autograd.Function):
         x_seq, *rest = ctx.saved_tensors
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         n_rec = len(ctx.plan.cfg.record)
+        into = saved_for_grad_x(saved, x_seq.shape, x_seq.dtype, x_seq.device)
         grad_x, grad_inits, param_grads = run_backward(ctx.plan, x_seq, tensors, saved,
-                                                       g_spike, g_rest[:n_rec], g_rest[n_rec:])
+                                                       g_spike, g_rest[:n_rec], g_rest[n_rec:],
+                                                       grad_x=into)
         return (None, grad_x, *grad_inits, *param_grads)
 
 

@@ -21,6 +21,7 @@ import math
 import torch
 
 from . import buffers, cache, dtypes, targets
+from .autograd import saved_for_grad_x
 from .targets import host_compiler
 from .targets.cpu import LAUNCH_ARGS, cpu_layout, launch_cpu, scratch
 
@@ -178,7 +179,9 @@ class Runner:
         if g_out is None:
             g_out = torch.zeros(self.x_shape, dtype=dtype, device=device)
         gf = [self._zeros() if g is None else g.contiguous() for g in g_finals]
-        grad_x = self.empty_seq(self.x_shape, dtype=dtype, device=device)
+        into = saved_for_grad_x(saved, (self.T, self.N), dtype, device)
+        grad_x = (self.empty_seq(self.x_shape, dtype=dtype, device=device) if into is None
+                  else into.view(self.x_shape))
         grad_init = [torch.empty(self.shape, dtype=dtype, device=device)
                      for _ in range(self.n_states)]
         grad_p = [torch.empty(self.N, dtype=self.compute, device=device)

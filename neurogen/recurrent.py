@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import buffers, reference, targets
-from .autograd import AVAILABLE, _compiled_plan, _plan, compiling, run_backward, run_forward
+from .autograd import (AVAILABLE, _compiled_plan, _plan, compiling, run_backward, run_forward,
+                       saved_for_grad_x)
 from .module import NeuronModule, _check_input, _target_when_compiling, carried
 from .plan import PLANS, as_shape, call_inputs, call_outputs, plan_for
 from .spec.model import NeuronModel
@@ -237,17 +238,18 @@ class Recurrent(torch.autograd.Function):
         n_rec = len(ctx.plan.cfg.record)
         grad_x, grad_W, grad_out0, grad_inits, param_grads = _backward(
             ctx.plan, ctx.H, xrec, W, out0, out_seq, tensors, saved, g_out, g_rest[:n_rec],
-            g_rest[n_rec:], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+            g_rest[n_rec:], ctx.needs_input_grad[3], ctx.needs_input_grad[4],
+            grad_x=saved_for_grad_x(saved, xrec.shape, xrec.dtype, xrec.device))
         return (None, None, grad_x, grad_W, grad_out0, *grad_inits, *param_grads)
 
 
 def _backward(plan, H, xrec, W, out0, out_seq, tensors, saved, g_out, g_seqs, g_finals,
-              want_W=True, want_out0=True):
+              want_W=True, want_out0=True, grad_x=None):
     """The backward kernel, then ``grad_W = sum_t grad_x[t]^T out[t-1]`` (one product over
     the steps after the first, one for the carried output) and ``grad_out0 = grad_x[0] @
-    W``."""
+    W``. ``grad_x``: as for :func:`neurogen.autograd.run_backward`."""
     grad_x, grad_inits, param_grads = run_backward(plan, xrec, tensors, saved, g_out, g_seqs,
-                                                   g_finals, rec=(H, W))
+                                                   g_finals, rec=(H, W), grad_x=grad_x)
     T, N = grad_x.shape
     B = N // H
     grad_W = grad_out0 = None

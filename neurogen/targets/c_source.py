@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import jinja2
 
-from ..abi import Arg
+from ..abi import MAY_ALIAS, Arg
 from ..ir import LAST, NEURON, PREV, STEP, ZERO, Let, Load, Set, Store
 from ..printer import KernelPrinter
 
@@ -41,7 +41,9 @@ INDEX = {NEURON: "ng_i", STEP: "ng_ti", PREV: "ng_ti - ng_N",
 
 
 def signature(args: List[Arg]) -> List[str]:
-    """C parameter declarations of ``args`` (ABI arguments and a target's own)."""
+    """C parameter declarations of ``args`` (ABI arguments and a target's own). Pointers
+    are ``__restrict__`` except those a caller may point at the same array
+    (:data:`neurogen.abi.MAY_ALIAS`: ``grad_x`` over a saved array)."""
     out = []
     for a in args:
         if isinstance(a, LaunchArg):
@@ -49,7 +51,8 @@ def signature(args: List[Arg]) -> List[str]:
         elif a.role in ("in", "out"):
             ctype = "io_t" if a.dtype == "io" else "compute_t"
             const = "const " if a.role == "in" else ""
-            out.append(f"{const}{ctype}* __restrict__ {a.name}")
+            restrict = "" if a.group in MAY_ALIAS else " __restrict__"
+            out.append(f"{const}{ctype}*{restrict} {a.name}")
         elif a.role == "scalar":
             out.append(f"const compute_t {a.name}")
         elif a.role == "int32":
