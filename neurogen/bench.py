@@ -2,8 +2,9 @@
 
 ``neurogen bench`` (or ``python -m neurogen.bench``). Peers: the plain PyTorch
 loop of the same equations (autograd), SpikingJelly 2.0's neuron (each
-implementation it offers on the device), and ``torch.compile`` of the loop
-(``--compile``, where it compiles). The floor is each workload's minimal bytes
+implementation it offers on the device; for the variants with a refractory period or a
+clamp, its plain LIF and its ``FlexSN`` of the same neuron, Triton kernels on CUDA), and
+``torch.compile`` of the loop (``--compile``, where it compiles). The floor is each workload's minimal bytes
 over the copy bandwidth, measured again right before each workload (a machine whose
 bandwidth drifts over minutes would otherwise set one workload's floor from another
 moment). Writes a table, a JSON file and PNG plots; asserts nothing about speed.
@@ -45,6 +46,45 @@ VARIANTS = {
     "LIFNode+refractory2": (lambda **kw: neuron.LIFNode(refractory=2, **kw), "LIFNode"),
     "LIFNode+clamp": (lambda **kw: clamped_lif_spec().module(**kw), "LIFNode"),
 }
+
+
+# SpikingJelly 2.0 FlexSN cores of the same variants (its step function in torch ops; on
+# CUDA FlexSN compiles it to Triton kernels, on the CPU it loops over the steps), with
+# SpikingJelly's LIF arithmetic and its Sigmoid(alpha=4) surrogate, neurogen's default.
+# tests/test_bench.py checks they give the variants' numbers (float64: spikes equal,
+# states 1e-10, gradients 1e-8). name -> (core, states, static inputs' values)
+def _flexsn_refractory_lif(x, v, refractory, tau, v_threshold, v_reset):
+    """LIFNode(refractory=2): a refractory neuron keeps v and cannot fire."""
+    from spikingjelly.activation_based.surrogate import sigmoid
+    free = refractory <= 0
+    h = torch.where(free, v + (x - (v - v_reset)) / tau, v)
+    spike = sigmoid.apply(torch.where(free, h - v_threshold, -torch.ones_like(h)), 4.0)
+    v_next = (1.0 - spike) * h + spike * v_reset
+    counter = torch.where(spike > 0, 2.0 * torch.ones_like(h),
+                          torch.where(refractory > 0, refractory - 1.0, torch.zeros_like(h)))
+    return spike, v_next, counter
+
+
+def _flexsn_clamped_lif(x, v, tau, v_threshold, v_reset, v_min):
+    """The clamped LIF: SpikingJelly's charge with a floor at v_min, hard reset."""
+    from spikingjelly.activation_based.surrogate import sigmoid
+    h = torch.clamp(v + (x - (v - v_reset)) / tau, min=v_min)
+    spike = sigmoid.apply(h - v_threshold, 4.0)
+    return spike, (1.0 - spike) * h + spike * v_reset
+
+
+FLEXSN = {
+    "LIFNode+refractory2": (_flexsn_refractory_lif, 2, (2.0, 1.0, 0.0)),
+    "LIFNode+clamp": (_flexsn_clamped_lif, 1, (2.0, 1.0, 0.0, -0.5)),
+}
+
+
+def flexsn_peer(model_name, dtype=torch.float32):
+    """A SpikingJelly ``FlexSN`` module running the same neuron as ``model_name``."""
+    from spikingjelly.activation_based.neuron import FlexSN
+    core, n_states, values = FLEXSN[model_name]
+    return FlexSN(core, num_states=n_states, step_mode="m",
+                  static_inputs=tuple(torch.tensor(v, dtype=dtype) for v in values))
 
 
 def factory(model_name):
@@ -149,6 +189,8 @@ def peers(model_name, device, dtype, use_compile):
         from spikingjelly.activation_based import neuron as sj
     except ImportError:
         return out
+    if model_name in FLEXSN:  # (SpikingJelly has no such neuron class: its FlexSN of it)
+        out["sj FlexSN"] = functools.partial(flexsn_peer, model_name, dtype)
     if base not in SJ_NAMES:
         return out
     cls_name, op = SJ_NAMES[base]

@@ -80,4 +80,35 @@ def test_bench_variants_run_beside_their_base_and_spikingjelly(tmp_path):
     rows = json.loads((out / "bench.json").read_text())["rows"]
     for model in ("LIFNode+refractory2", "LIFNode+clamp"):
         impls = {r["impl"] for r in rows if r["model"] == model}
-        assert {"neurogen", "neurogen base", "torch loop", "spikingjelly"} <= impls, impls
+        assert {"neurogen", "neurogen base", "torch loop", "spikingjelly", "sj FlexSN"} <= impls, \
+            impls
+
+
+def test_bench_flexsn_peers_are_the_variants():
+    """The bench's SpikingJelly FlexSN cores run the same neurons as the variants they are
+    timed beside (float64, CPU, where FlexSN loops over its core in torch): spikes equal,
+    final states 1e-10, input gradients 1e-8. The input goes below the clamp's floor
+    (seen failing with the clamp left out of the FlexSN core, and with its counter set
+    to 3)."""
+    import pytest
+    import torch
+    from neurogen import bench
+    pytest.importorskip("spikingjelly")
+    D = torch.float64
+    gen = torch.Generator().manual_seed(5)
+    for name in bench.FLEXSN:
+        make, _ = bench.factory(name)
+        node = make(step_mode="m", backend="cpu")
+        peer = bench.flexsn_peer(name, D)
+        x = (torch.rand(40, 257, generator=gen, dtype=D) * 3.7 - 1.5).requires_grad_()
+        g = torch.rand(40, 257, generator=gen, dtype=D)
+        x2 = x.detach().clone().requires_grad_()
+        ours, theirs = node(x), peer(x2)
+        assert torch.equal(ours, theirs), name
+        assert 0.05 < float(ours.detach().mean()) < 0.5    # (the branches are taken)
+        for ours_state, theirs_state in zip(node.model.state_names, peer.states):
+            torch.testing.assert_close(getattr(node, ours_state), theirs_state, rtol=0,
+                                       atol=1e-10)
+        (ours * g).sum().backward()
+        (theirs * g).sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-8)
