@@ -25,6 +25,11 @@ grep -E "ng_|Throughput|Duration|Busy|Bandwidth" "$OUT/ncu.log" 2>/dev/null | he
 [ -n "${SKIP_RECURRENT:-}" ] || timeout "${RECURRENT_S:-150}" python3 -m neurogen.bench --device cuda \
     --recurrent --batch 256 --H 256 512 1024 --out "$OUT/recurrent" > "$OUT/recurrent.log" 2>&1
 grep -v "Triton not available\|WARNING\|^W1" "$OUT/recurrent.log" 2>/dev/null | tail -40
+# issue 19: the branchy variants beside SpikingJelly's FlexSN of the same neurons (Triton)
+[ -n "${SKIP_FLEXSN:-}" ] || timeout "${FLEXSN_S:-150}" python3 -m neurogen.bench --device cuda \
+    --models LIFNode+refractory2 LIFNode+clamp --T 64 --N 65536 1048576 --dtypes float32 \
+    --out "$OUT/flexsn" > "$OUT/flexsn.log" 2>&1
+grep -v "Triton not available\|WARNING\|^W1" "$OUT/flexsn.log" 2>/dev/null | tail -30
 timeout "${BENCH_S:-300}" python3 -m neurogen.bench --device cuda --out "$OUT/bench" "$@" \
     > "$OUT/bench.log" 2>&1
 grep -v "Triton not available\|WARNING\|^W1" "$OUT/bench.log" | tail -80
