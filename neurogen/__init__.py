@@ -3,7 +3,7 @@ import sys as _sys
 
 from . import buffers, neuron, surrogate, targets
 from .cache import forget_kernels
-from .errors import BackendUnavailableError, CompileError, SpecError
+from .errors import BackendUnavailableError, CompileError, SpecError, UnsupportedTransformError
 from .recurrent import RecurrentLayer
 from .spec import NeuronModel, parse_expr, sigmoid, spike, spike_d
 
@@ -14,4 +14,4 @@ _sys.modules[__name__ + ".memory"] = buffers
 __version__ = "0.1.0"
 __all__ = ["NeuronModel", "spike", "spike_d", "sigmoid", "parse_expr", "surrogate", "neuron",
            "buffers", "targets", "forget_kernels", "RecurrentLayer", "SpecError", "CompileError",
-           "BackendUnavailableError"]
+           "BackendUnavailableError", "UnsupportedTransformError"]

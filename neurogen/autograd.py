@@ -61,8 +61,11 @@ _KEEP_GRAPH = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", 
 
 def saved_for_grad_x(saved, shape, dtype, device):
     """The saved array the backward may write ``grad_x`` over, or None. Only when the
-    running backward frees the graph afterwards (no ``retain_graph``, no
-    ``create_graph``): then no later backward reads the saved values, and the kernel reads
+    running backward frees the graph afterwards (torch's keep-graph flag is off: no
+    ``retain_graph``, which ``create_graph`` implies by default): then no later backward
+    reads the saved values (a saved tensor the user took out through
+    ``grad_fn.saved_tensors`` or a saved-tensor hook then holds the gradient; documented
+    in docs/performance.md), and the kernel reads
     each step's saved values before it writes that step's ``grad_x`` (abi.MAY_ALIAS). The
     gradient then takes no buffer of its own, and on the CPU its stores hit cache lines
     the kernel has just read instead of fresh ones (PERF_NOTES.md 32). ``saved`` as the

@@ -87,6 +87,15 @@ def flexsn_peer(model_name, dtype=torch.float32):
                   static_inputs=tuple(torch.tensor(v, dtype=dtype) for v in values))
 
 
+def _flexsn_implementation(node, x):
+    """Which of its implementations FlexSN ran: its torch loop off CUDA; on CUDA its Triton
+    kernels, or its HOP scan where Triton was not available (its own fallback)."""
+    if x.device.type != "cuda":
+        return "torch loop"
+    chosen = getattr(node, "_triton_capability", {}).get((x.device, x.dtype))
+    return {True: "triton", False: "hop scan"}.get(chosen, "unknown")
+
+
 def factory(model_name):
     """``(make(**module options), base library name)`` of a benchmark model."""
     if model_name in VARIANTS:
@@ -317,6 +326,7 @@ def _one(spec, model_name, dtype, backward, T, N, device, measure, copy_bytes, u
                         step()
             ms = measure(fn)
             saved = saved_bytes(step, xin, g) / (T * N) if backward else 0.0
+            detail = _flexsn_implementation(node, x) if impl == "sj FlexSN" else None
         except Exception as exc:  # a peer that fails on this workload is reported, not fatal
             print(f"  {impl}: not run ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
             continue
@@ -326,8 +336,11 @@ def _one(spec, model_name, dtype, backward, T, N, device, measure, copy_bytes, u
                    speedup_of_neurogen=ms / base, copy_GBps=bandwidth, floor_ms=floor_ms,
                    fraction_of_floor=floor_ms / ms,
                    saved_bytes_per_neuron_step=saved)
+        if detail:
+            row["implementation"] = detail
         rows.append(row)
-        print(f"{model_name:<15}{row['mode']:<8}{row['dtype']:<9}{T:>5}{N:>9}  {impl:<14}"
+        label = f"{impl} ({detail})" if detail else impl
+        print(f"{model_name:<15}{row['mode']:<8}{row['dtype']:<9}{T:>5}{N:>9}  {label:<14}"
               f"{ms:>9.3f}{row['speedup_of_neurogen']:>9.1f}x{row['fraction_of_floor']:>9.2f}"
               f"{saved:>11.1f}{bandwidth:>10.1f}")
     return rows

@@ -30,6 +30,21 @@ class BackendUnavailableError(RuntimeError):
     """A requested backend cannot run here (missing package, compiler or GPU)."""
 
 
+class UnsupportedTransformError(RuntimeError):
+    """A kernel was handed a tensor without memory of its own: a ``torch.func``
+    transform's wrapper (``vmap``, ``grad``, ``jacrev``, ``is_grads_batched=True``)."""
+
+
+def no_storage(name: str, tensor) -> UnsupportedTransformError:
+    """The error for a kernel argument ``name`` whose ``tensor`` has no data pointer."""
+    return UnsupportedTransformError(
+        f"neurogen's kernels read tensors' memory directly, and {name} is a "
+        f"{type(tensor).__name__} without storage of its own, as torch.func transforms "
+        "(vmap, grad, jacrev, jvp) and autograd.grad(..., is_grads_batched=True) make: these "
+        "are not supported on the kernel backends. Use backend='torch' (the same equations "
+        "in torch ops) for them, or loop over the batch.")
+
+
 def warn_once(message: str, _seen=set()):
     """Warn (a RuntimeWarning) the first time ``message`` comes up in this process."""
     import warnings

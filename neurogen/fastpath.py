@@ -22,6 +22,8 @@ import torch
 
 from . import buffers, cache, dtypes, targets
 from .autograd import saved_for_grad_x
+from .errors import no_storage
+from .targets.base import _has_storage
 from .targets import host_compiler
 from .targets.cpu import LAUNCH_ARGS, cpu_layout, launch_cpu, scratch
 
@@ -36,18 +38,24 @@ class _Binding:
     def __init__(self, packer, where, fixed):
         self.kinds = packer.kinds
         self.template = packer.template.copy()
-        self.slots = []
+        self.slots, self.names = [], {}
         for i, name, _ in packer.slots:
             if name in fixed:
                 self.template[i] = fixed[name]
             else:
                 self.slots.append((i, where[name]))
+                self.names[i] = name
 
     def fill(self, flat):
         """The argument values (pointers filled in), in order."""
         vals = self.template.copy()
-        for i, j in self.slots:
-            vals[i] = flat[j].data_ptr()
+        try:
+            for i, j in self.slots:
+                vals[i] = flat[j].data_ptr()
+        except RuntimeError:  # (a functorch wrapper has no storage)
+            if not _has_storage(flat[j]):
+                raise no_storage(self.names[i], flat[j]) from None
+            raise
         return vals
 
 
@@ -172,7 +180,9 @@ class Runner:
             z = self._zero = (t, t._version)
         return z[0]
 
-    def backward(self, x, tensors, saved, g_out, g_finals):
+    def backward(self, x, tensors, saved, g_out, g_finals, param_shapes):
+        """``x``, ``tensors`` and ``saved`` as FastStep saved them; the gradients returned
+        are shaped like the call's tensors (``param_shapes``: its parameter tensors')."""
         zero = tuple(s for s, g in zip(self.module_states, g_finals) if g is None)
         binding, launch, cfg = self._backward_for(zero)
         dtype, device = self.dtype, self.device
@@ -192,11 +202,11 @@ class Runner:
         if grad_p:  # (learnt parameters: summed where shared, in the tensor's shape)
             plan = self.plan
             learned = dict(zip(cfg.learnable, grad_p))
-            for i, (k, t) in enumerate(zip(plan.tensor_params, tensors[self.n_states:])):
+            for i, (k, shape) in enumerate(zip(plan.tensor_params, param_shapes)):
                 g = learned.get(k)
                 if g is not None:
-                    param_grads[i] = (g.sum().reshape(t.shape) if plan.cfg.kind_of(k) == "shared"
-                                      else g.reshape(t.shape))
+                    param_grads[i] = (g.sum().reshape(shape) if plan.cfg.kind_of(k) == "shared"
+                                      else g.reshape(shape))
         return grad_x, grad_init, param_grads
 
 
@@ -208,8 +218,13 @@ class FastStep(torch.autograd.Function):
     def forward(ctx, runner, x, *tensors):
         ctx.set_materialize_grads(False)
         out, finals, saved = runner.forward((x, *tensors))
-        ctx.save_for_backward(x, *tensors, *saved)
-        ctx.runner = runner
+        # saved in the general path's shapes (autograd.MultiStep: x [T, N], states [N],
+        # parameters [1] or [N]): a non-reentrant checkpoint recomputes the forward in the
+        # backward, where the other path may run, and requires equal saved metadata
+        T, N, n = runner.T, runner.N, runner.n_states
+        flat = [t.view(1 if t.numel() == 1 and i >= n else N) for i, t in enumerate(tensors)]
+        ctx.save_for_backward(x.view(T, N), *flat, *saved)
+        ctx.runner, ctx.param_shapes = runner, [t.shape for t in tensors[n:]]
         return (out, *finals)
 
     @staticmethod
@@ -217,7 +232,8 @@ class FastStep(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         runner = ctx.runner
         n = runner.n_tensors
-        grad_x, grad_init, param_grads = runner.backward(x, rest[:n], rest[n:], g_out, g_finals)
+        grad_x, grad_init, param_grads = runner.backward(x, rest[:n], rest[n:], g_out, g_finals,
+                                                         ctx.param_shapes)
         return (None, grad_x, *grad_init, *param_grads)
 
 

@@ -82,6 +82,7 @@ def test_bench_variants_run_beside_their_base_and_spikingjelly(tmp_path):
         impls = {r["impl"] for r in rows if r["model"] == model}
         assert {"neurogen", "neurogen base", "torch loop", "spikingjelly", "sj FlexSN"} <= impls, \
             impls
+    assert {r.get("implementation") for r in rows if r["impl"] == "sj FlexSN"} == {"torch loop"}
 
 
 def test_bench_flexsn_peers_are_the_variants():

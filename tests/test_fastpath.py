@@ -376,3 +376,39 @@ def test_random_structures_stepped_through_the_fast_path(case, T, seed):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, equal_nan=True, msg=msg)
         for a, b in zip(grads, ref[2]):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, equal_nan=True, msg=msg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(backend, reentrant, counted):
+    """``torch.utils.checkpoint`` recomputes the forward in the backward, where the other
+    path (runner or general) may run than in the forward; the non-reentrant kind requires
+    the same saved tensors' shapes from both (it raised CheckpointError on a module's first
+    call: the runner saved x as [T, 3, 4], the general path as [T, 12])."""
+    from torch.utils.checkpoint import checkpoint
+    xs = torch.rand(6, 3, 4, dtype=DT) * 2.5
+    g = torch.rand(6, 3, 4, dtype=DT)
+
+    def grads(node, use_checkpoint):
+        node.reset()
+        x = xs.clone().requires_grad_()
+
+        def f(inp):
+            node.reset()
+            return node(inp) * 1.0
+        out = checkpoint(f, x, use_reentrant=reentrant) if use_checkpoint else f(x)
+        params = [p for _, p in sorted(node.named_parameters())]
+        for p in params:
+            p.grad = None
+        (out * g).sum().backward()  # (the reentrant kind takes no autograd.grad)
+        return [x.grad] + [p.grad for p in params]
+
+    ref, node = make("torch"), make(backend)
+    ref.step_mode = node.step_mode = "m"  # (an assignment drops the runner: set it once)
+    want = grads(ref, False)
+    for call in range(3):  # the first call takes the general path, the recomputation not
+        got = grads(node, True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, msg=f"call {call}")
+    if not reentrant:  # (the reentrant kind's forward runs without grad: general path)
+        assert counted["fast"] >= 2  # (the recomputations at least)

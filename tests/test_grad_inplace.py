@@ -144,3 +144,40 @@ def test_recurrent_layer(backend):
 def test_outside_a_backward_nothing_is_reused():
     t = torch.zeros(4, 3)
     assert ng_autograd.saved_for_grad_x([t], (4, 3), t.dtype, t.device) is None
+
+
+def test_a_saved_tensor_taken_out_holds_the_gradient_as_documented():
+    """docs/performance.md: a saved tensor taken out through ``grad_fn.saved_tensors``
+    holds the gradient after a freeing backward, and keeps its values with
+    ``retain_graph=True``."""
+    x, g = inputs(seed=4)
+    node = lif("cpu")
+    for retain in (False, True):
+        node.reset()
+        out = node(x)
+        fn = out.grad_fn  # (the general path's output is a view of the Function's)
+        while not hasattr(fn, "saved_tensors"):
+            fn = fn.next_functions[0][0]
+        taken = fn.saved_tensors
+        before = [t.clone() for t in taken]
+        x.grad = None
+        out.backward(g, retain_graph=retain)
+        changed = [not torch.equal(t, b) for t, b in zip(taken, before)]
+        assert changed.count(True) == (0 if retain else 1)
+        if not retain:
+            overwritten = taken[changed.index(True)]
+            assert overwritten.data_ptr() == x.grad.data_ptr()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_gradients_get_a_clear_error(backend):
+    """``autograd.grad(..., is_grads_batched=True)`` hands the backward a functorch
+    wrapper without memory: a typed error naming the way out, on both paths."""
+    x, _ = inputs(T=4, N=(3,))
+    node = lif(backend)
+    for call in range(2):
+        node.reset()
+        out = node(x)
+        eye = torch.eye(out.numel(), dtype=DT).reshape(-1, *out.shape)
+        with pytest.raises(ng.errors.UnsupportedTransformError, match="backend='torch'"):
+            torch.autograd.grad(out, x, eye, is_grads_batched=True)

@@ -13,7 +13,10 @@ kernels into autograd for all of them. A new target is a subclass registered wit
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+import torch
+
 from .. import cache
+from ..errors import no_storage
 from ..ir import KernelIR
 
 
@@ -149,10 +152,23 @@ class ArgPacker:
 
     def __call__(self, values):
         vals = self.template.copy()
-        for i, name, convert in self.slots:
-            v = values[name]
-            vals[i] = v.data_ptr() if convert is None else convert(v)
+        try:
+            for i, name, convert in self.slots:
+                v = values[name]
+                vals[i] = v.data_ptr() if convert is None else convert(v)
+        except RuntimeError:  # (a functorch wrapper has no storage)
+            if torch.is_tensor(v) and not _has_storage(v):
+                raise no_storage(name, v) from None
+            raise
         return list(zip(self.kinds, vals))
+
+
+def _has_storage(t) -> bool:
+    try:
+        t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 __all__ = ["Target", "KernelTarget", "Kernel", "ArgPacker"]
