@@ -197,7 +197,10 @@ def constant(shape, value, dtype, device):
     with _constants_lock:
         entry = _constants.pop(key, None)
         if entry is None or entry[0]._version != entry[1]:
-            t = torch.full(key[0], value, dtype=dtype)
+            # (a normal tensor even when the first call runs under torch.inference_mode():
+            # an inference tensor has no version counter to check on the next call)
+            with torch.inference_mode(False):
+                t = torch.full(key[0], value, dtype=dtype)
             entry = (t, t._version)
         _constants[key] = entry  # most recent last
         while len(_constants) > _CONSTANTS_KEPT:

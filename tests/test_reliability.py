@@ -176,6 +176,35 @@ def test_nan_and_inf_inputs_match_reference(adex, backend, dtype):
         assert_match(got, want, fwd_tol=1e-6, grad_tol=1e-5)
 
 
+# ---- torch.inference_mode -------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_mode_first_call_and_states_carried_out_of_it(backend):
+    """A process's first call may run under ``torch.inference_mode()`` (its constant initial
+    states are made as normal tensors: an inference tensor has no version counter, which
+    the constant cache checks), and states carried out of such a call into a training call
+    work as the torch backend's do (the kernel path saves them for the backward, which
+    autograd refuses for inference tensors, so they are copied)."""
+    shape = (3, 7, 1 + len(backend))  # (a neuron shape no other test makes constants of)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(*shape, generator=gen, dtype=torch.float64) * 2.5
+    g = torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    def run(b):
+        m = node(b)
+        with torch.inference_mode():
+            first = m(x)
+        xg = x.clone().requires_grad_()
+        out = m(xg)                                         # states from the first call
+        out.backward(g)
+        return first, out.detach(), m.v.detach(), xg.grad
+    ng.buffers._constants.clear()
+    got = run(backend)
+    ng.buffers._constants.clear()
+    want = run("torch")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 # ---- resources ------------------------------------------------------------------------------
 def _rss_bytes():
     with open("/proc/self/statm") as f:
