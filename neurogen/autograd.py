@@ -11,6 +11,7 @@ neuron layer as one opaque node. Both paths hand the incoming gradients to
 zeros), and return its results for the same inputs in the same order.
 """
 import dataclasses
+import functools
 from typing import List, Optional
 
 import torch
@@ -80,6 +81,50 @@ def saved_for_grad_x(saved, shape, dtype, device):
     return t
 
 
+_FIRST_ORDER = (b"neurogen's kernels give first-order gradients only: differentiating a "
+                b"gradient (create_graph=True) through a neuron would miss the neuron's second "
+                b"derivative. Use backend='torch' (the same equations in torch ops) for "
+                b"higher-order gradients")
+
+
+def first_order(backward):
+    """Decorate a kernel ``backward``: with ``create_graph=True`` its gradients come with a
+    node that raises when something differentiates them again. (torch's
+    ``once_differentiable`` adds that node only when an incoming gradient requires grad, so
+    a gradient penalty ``grad(y.sum(), x, create_graph=True)`` would silently lose the
+    neuron's second-order terms.)"""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+
+        def marked(t):
+            if t is None:
+                return None
+            t = t.detach()
+            t.requires_grad_(True)
+            return t
+        return torch._C._functions.DelayedError(_FIRST_ORDER, len(outputs))(
+            *[marked(t) for t in outputs])
+    return wrapper
+
+
+def saved_dense(ctx):
+    """``ctx.saved_tensors``, each dense: the kernels read them by pointer, and a
+    saved-tensor hook may hand back a tensor of other strides (same values)."""
+    return [t if t is None or t.is_contiguous() else t.contiguous()
+            for t in ctx.saved_tensors]
+
+
+def placeholder(meta):
+    """A stand-in for an input the backward kernel does not read (``meta``: its shape,
+    dtype and device): the right metadata over one element of memory."""
+    shape, dtype, device = meta
+    return torch.empty((), dtype=dtype, device=device).expand(shape)
+
+
 def run_backward(plan: Plan, x_seq, tensors, saved, g_spike, g_seqs, g_finals, rec=None,
                  grad_x=None):
     """Run the backward kernel; ``None`` gradients count as zeros (``g_seqs``: one per
@@ -142,13 +187,20 @@ class MultiStep(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         outputs, saved = run_forward(plan, x_seq, tensors)
         if plan.cfg.save:
-            ctx.save_for_backward(x_seq, *tensors, *saved)
+            # the input only when the backward reads it (else it would stay alive until the
+            # backward, and an in-place change of it would stop the backward for nothing)
+            needs_x = plan.backward_info().needs_x
+            ctx.save_for_backward(x_seq if needs_x else None, *tensors, *saved)
             ctx.plan, ctx.n_tensors = plan, len(tensors)
+            ctx.x_meta = None if needs_x else (x_seq.shape, x_seq.dtype, x_seq.device)
         return tuple(outputs)
 
     @staticmethod
+    @first_order
     def backward(ctx, g_spike, *g_rest):
-        x_seq, *rest = ctx.saved_tensors
+        x_seq, *rest = saved_dense(ctx)
+        if x_seq is None:
+            x_seq = placeholder(ctx.x_meta)
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         n_rec = len(ctx.plan.cfg.record)
         into = saved_for_grad_x(saved, x_seq.shape, x_seq.dtype, x_seq.device)
@@ -256,7 +308,7 @@ if AVAILABLE:
         ctx.save_for_backward(x_seq, *tensors, *output[n_out:])
 
     def _backward(ctx, grads):
-        x_seq, *rest = ctx.saved_tensors
+        x_seq, *rest = saved_dense(ctx)
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         plan = PLANS.by_key(ctx.key)
         n_states = len(plan.model.state_names)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import buffers, cache, dtypes, targets
-from .autograd import saved_for_grad_x
+from .autograd import first_order, saved_dense, saved_for_grad_x
 from .errors import no_storage
 from .targets.base import _has_storage
 from .targets import host_compiler
@@ -71,6 +71,7 @@ class Runner:
         self.x_shape, self.shape = x.shape, tuple(shape)
         self.dtype, self.device = x.dtype, x.device
         self.save = plan.cfg.save
+        self.needs_x = plan.backward_info().needs_x  # (else x is not saved: MultiStep)
         self.params = params          # the parameter tensors as the module holds them
         self.prepared = prepared      # per tensor parameter: None (passed as is) or a function
         self.n_states = len(self.module_states)
@@ -223,13 +224,14 @@ class FastStep(torch.autograd.Function):
         # backward, where the other path may run, and requires equal saved metadata
         T, N, n = runner.T, runner.N, runner.n_states
         flat = [t.view(1 if t.numel() == 1 and i >= n else N) for i, t in enumerate(tensors)]
-        ctx.save_for_backward(x.view(T, N), *flat, *saved)
+        ctx.save_for_backward(x.view(T, N) if runner.needs_x else None, *flat, *saved)
         ctx.runner, ctx.param_shapes = runner, [t.shape for t in tensors[n:]]
         return (out, *finals)
 
     @staticmethod
+    @first_order
     def backward(ctx, g_out, *g_finals):
-        x, *rest = ctx.saved_tensors
+        x, *rest = saved_dense(ctx)
         runner = ctx.runner
         n = runner.n_tensors
         grad_x, grad_init, param_grads = runner.backward(x, rest[:n], rest[n:], g_out, g_finals,

@@ -358,7 +358,7 @@ def carried(value, what, shape, x, owner):
     if value.device != x.device:
         raise ValueError(f"{what} is on {value.device} but the input is on {x.device}; call "
                          f"reset() or move the {owner}")
-    if value.is_inference() and not torch.is_inference_mode_enabled():
+    if not compiling() and value.is_inference() and not torch.is_inference_mode_enabled():
         # carried out of a torch.inference_mode() call into an ordinary one: its values,
         # as a normal tensor (autograd cannot save an inference tensor; the torch backend's
         # ops read it without saving it)

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import buffers, reference, targets
 from .autograd import (AVAILABLE, _compiled_plan, _plan, compiling, run_backward, run_forward,
-                       saved_for_grad_x)
+                       first_order, placeholder, saved_dense, saved_for_grad_x)
 from .module import NeuronModule, _check_input, _target_when_compiling, carried
 from .plan import PLANS, as_shape, call_inputs, call_outputs, plan_for
 from .spec.model import NeuronModel
@@ -226,14 +226,23 @@ class Recurrent(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         outputs, saved = run_forward(plan, x_seq, tensors, rec=(H, W.t().contiguous(), out0))
         if plan.cfg.save:
-            xrec = saved.pop() if plan.backward_info().needs_x else x_seq
-            ctx.save_for_backward(xrec, W, out0, outputs[0], *tensors, *saved)
+            # (the total input when the backward reads it; else not even x: MultiStep)
+            xrec = saved.pop() if plan.backward_info().needs_x else None
+            # grad_W reads the returned outputs themselves (a copy cost 5% of the LIF step at
+            # T = 100, B = 64, H = 256): changed in place before the backward, autograd stops
+            # it with its "modified by an inplace operation" error (docs/recurrent.md)
+            ctx.save_for_backward(xrec, W, out0, outputs[0] if ctx.needs_input_grad[3] else None,
+                                  *tensors, *saved)
             ctx.plan, ctx.H, ctx.n_tensors = plan, H, len(tensors)
+            ctx.x_meta = (x_seq.shape, x_seq.dtype, x_seq.device)
         return tuple(outputs)
 
     @staticmethod
+    @first_order
     def backward(ctx, g_out, *g_rest):
-        xrec, W, out0, out_seq, *rest = ctx.saved_tensors
+        xrec, W, out0, out_seq, *rest = saved_dense(ctx)
+        if xrec is None:
+            xrec = placeholder(ctx.x_meta)
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         n_rec = len(ctx.plan.cfg.record)
         grad_x, grad_W, grad_out0, grad_inits, param_grads = _backward(
@@ -313,7 +322,7 @@ if AVAILABLE:
         ctx.save_for_backward(xrec, W, out0, output[0], *tensors, *saved)
 
     def _backward_op(ctx, grads):
-        xrec, W, out0, out_seq, *rest = ctx.saved_tensors
+        xrec, W, out0, out_seq, *rest = saved_dense(ctx)
         tensors, saved = rest[:ctx.n_tensors], rest[ctx.n_tensors:]
         plan = PLANS.by_key(ctx.key)
         n_states = len(plan.model.state_names)
