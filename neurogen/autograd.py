@@ -95,10 +95,10 @@ def first_order(backward):
     neuron's second-order terms.)"""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():  # (the usual backward: nothing to mark)
+            return backward(ctx, *grads)
         with torch.no_grad():
             outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
 
         def marked(t):
             if t is None:

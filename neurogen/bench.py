@@ -52,7 +52,8 @@ VARIANTS = {
 # CUDA FlexSN compiles it to Triton kernels, on the CPU it loops over the steps), with
 # SpikingJelly's LIF arithmetic and its Sigmoid(alpha=4) surrogate, neurogen's default.
 # tests/test_bench.py checks they give the variants' numbers (float64: spikes equal,
-# states 1e-10, gradients 1e-8). name -> (core, states, static inputs' values)
+# states 1e-10, gradients 1e-8). name -> (core, number of states); the static inputs are
+# the core's last arguments, named as the variant's parameters, with their defaults
 def _flexsn_refractory_lif(x, v, refractory, tau, v_threshold, v_reset):
     """LIFNode(refractory=2): a refractory neuron keeps v and cannot fire."""
     from spikingjelly.activation_based.surrogate import sigmoid
@@ -74,17 +75,20 @@ def _flexsn_clamped_lif(x, v, tau, v_threshold, v_reset, v_min):
 
 
 FLEXSN = {
-    "LIFNode+refractory2": (_flexsn_refractory_lif, 2, (2.0, 1.0, 0.0)),
-    "LIFNode+clamp": (_flexsn_clamped_lif, 1, (2.0, 1.0, 0.0, -0.5)),
+    "LIFNode+refractory2": (_flexsn_refractory_lif, 2),
+    "LIFNode+clamp": (_flexsn_clamped_lif, 1),
 }
 
 
 def flexsn_peer(model_name, dtype=torch.float32):
     """A SpikingJelly ``FlexSN`` module running the same neuron as ``model_name``."""
+    import inspect
     from spikingjelly.activation_based.neuron import FlexSN
-    core, n_states, values = FLEXSN[model_name]
+    core, n_states = FLEXSN[model_name]
+    defaults = spec_of(model_name).defaults
+    static = list(inspect.signature(core).parameters)[1 + n_states:]
     return FlexSN(core, num_states=n_states, step_mode="m",
-                  static_inputs=tuple(torch.tensor(v, dtype=dtype) for v in values))
+                  static_inputs=tuple(torch.tensor(defaults[k], dtype=dtype) for k in static))
 
 
 def _flexsn_implementation(node, x):

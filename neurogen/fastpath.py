@@ -22,8 +22,7 @@ import torch
 
 from . import buffers, cache, dtypes, targets
 from .autograd import first_order, saved_dense, saved_for_grad_x
-from .errors import no_storage
-from .targets.base import _has_storage
+from .targets.base import check_storage
 from .targets import host_compiler
 from .targets.cpu import LAUNCH_ARGS, cpu_layout, launch_cpu, scratch
 
@@ -52,9 +51,8 @@ class _Binding:
         try:
             for i, j in self.slots:
                 vals[i] = flat[j].data_ptr()
-        except RuntimeError:  # (a functorch wrapper has no storage)
-            if not _has_storage(flat[j]):
-                raise no_storage(self.names[i], flat[j]) from None
+        except RuntimeError:
+            check_storage(self.names[i], flat[j])
             raise
         return vals
 

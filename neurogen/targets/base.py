@@ -156,19 +156,22 @@ class ArgPacker:
             for i, name, convert in self.slots:
                 v = values[name]
                 vals[i] = v.data_ptr() if convert is None else convert(v)
-        except RuntimeError:  # (a functorch wrapper has no storage)
-            if torch.is_tensor(v) and not _has_storage(v):
-                raise no_storage(name, v) from None
+        except RuntimeError:
+            check_storage(name, v)
             raise
         return list(zip(self.kinds, vals))
 
 
-def _has_storage(t) -> bool:
+def check_storage(name: str, t):
+    """After a failed ``data_ptr()``: raise :class:`neurogen.errors.UnsupportedTransformError`
+    when ``t`` is a tensor without storage of its own (a functorch wrapper), naming the
+    kernel argument ``name``; return otherwise (the caller re-raises the original error)."""
+    if not torch.is_tensor(t):
+        return
     try:
         t.untyped_storage()
     except (RuntimeError, NotImplementedError):
-        return False
-    return True
+        raise no_storage(name, t) from None
 
 
-__all__ = ["Target", "KernelTarget", "Kernel", "ArgPacker"]
+__all__ = ["Target", "KernelTarget", "Kernel", "ArgPacker", "check_storage"]
